@@ -1,0 +1,148 @@
+"""An asyncio client of the QuorumKV HTTP API (the one users, the CLI and the operator use).
+
+It speaks only the public client API of SPEC.md, never the `/internal/` peer protocol, so it
+is the boundary the operator and the tests go through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+
+class QuorumKVError(Exception):
+    """A request that the service refused or could not serve; carries the HTTP status."""
+
+    def __init__(self, status: int, error: str, detail: str = "") -> None:
+        super().__init__(f"{status} {error}" + (f": {detail}" if detail else ""))
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+class PreconditionFailed(QuorumKVError):
+    """`412`: the If-Match / If-None-Match precondition did not hold; nothing changed."""
+
+
+class Unavailable(QuorumKVError):
+    """`503`: no quorum in time. A write may or may not have taken effect."""
+
+    def __init__(self, status: int, error: str, detail: str = "", retry_after: float = 1.0):
+        super().__init__(status, error, detail)
+        self.retry_after = retry_after
+
+
+@dataclasses.dataclass(frozen=True)
+class PutResult:
+    created: bool
+    etag: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GetResult:
+    value: bytes
+    etag: str
+
+
+def key_path(key: str) -> str:
+    """The URL path of a key: percent-encoded UTF-8, `/` included."""
+    return "/v1/kv/" + quote(key, safe="")
+
+
+class Client:
+    """One endpoint (any replica or the client Service). Reuses connections (keep-alive)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 10.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._owns_session = session is None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def put(
+        self, key: str, value: bytes, *, if_match: str | None = None, create_only: bool = False
+    ) -> PutResult:
+        headers = {}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        if create_only:
+            headers["If-None-Match"] = "*"
+        async with self._http().put(self.endpoint + key_path(key), data=value,
+                                    headers=headers) as resp:
+            if resp.status in (200, 201):
+                return PutResult(created=resp.status == 201, etag=resp.headers["ETag"])
+            raise await _error(resp)
+
+    async def get(self, key: str) -> GetResult | None:
+        async with self._http().get(self.endpoint + key_path(key)) as resp:
+            if resp.status == 200:
+                return GetResult(value=await resp.read(), etag=resp.headers["ETag"])
+            if resp.status == 404:
+                return None
+            raise await _error(resp)
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> bool:
+        """Delete a key; False when it was absent."""
+        headers = {"If-Match": if_match} if if_match is not None else {}
+        async with self._http().delete(self.endpoint + key_path(key), headers=headers) as resp:
+            if resp.status == 204:
+                return True
+            if resp.status == 404:
+                return False
+            raise await _error(resp)
+
+    async def cluster(self) -> dict[str, Any]:
+        """This replica's view of the cluster (`GET /v1/cluster`)."""
+        async with self._http().get(self.endpoint + "/v1/cluster") as resp:
+            if resp.status == 200:
+                body: dict[str, Any] = orjson.loads(await resp.read())
+                return body
+            raise await _error(resp)
+
+    async def ready(self) -> bool:
+        async with self._http().get(self.endpoint + "/readyz") as resp:
+            return resp.status == 200
+
+
+async def _error(resp: aiohttp.ClientResponse) -> QuorumKVError:
+    raw = await resp.read()
+    try:
+        body = orjson.loads(raw)
+        error, detail = str(body.get("error", "")), str(body.get("detail", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        error, detail = resp.reason or "error", raw[:200].decode("utf-8", "replace")
+    if resp.status == 412:
+        return PreconditionFailed(resp.status, error, detail)
+    if resp.status == 503:
+        retry_after = float(resp.headers.get("Retry-After", "1") or 1)
+        return Unavailable(resp.status, error, detail, retry_after)
+    return QuorumKVError(resp.status, error, detail)
