@@ -1,0 +1,3 @@
+module quorumkv.dev/localcluster/pause
+
+go 1.24.0
