@@ -1,0 +1,5 @@
+import sys
+
+from quorumkv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""`quorumkv`: run a replica, a local cluster, or talk to one.
+
+Every `serve` flag can also come from the environment variable named in its help, which is
+how the StatefulSet configures replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from quorumkv import __version__
+from quorumkv.settings import (
+    DEFAULT_LISTEN, MAX_VALUE_BYTES, ServeSettings, SettingsError, parse_listen, parse_peers,
+    read_token,
+)
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:7000"
+
+EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quorumkv",
+        description="QuorumKV: a replicated key-value store with linearizable reads, writes "
+                    "and compare-and-set through any replica.",
+        epilog="Quick start: `quorumkv local --replicas 3`, then in another terminal "
+               "`quorumkv put greeting hello` and `quorumkv get greeting`.")
+    parser.add_argument("--version", action="version", version=f"quorumkv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run one replica",
+                           description="Run one replica; flags default to QUORUMKV_* variables.")
+    serve.add_argument("--node-id", default=_env("QUORUMKV_NODE_ID"),
+                       help="this replica's id, unique in the cluster [QUORUMKV_NODE_ID]")
+    serve.add_argument("--listen", default=_env("QUORUMKV_LISTEN", DEFAULT_LISTEN),
+                       help=f"HOST:PORT for clients and peers (default {DEFAULT_LISTEN}) "
+                            "[QUORUMKV_LISTEN]")
+    serve.add_argument("--peer", action="append", metavar="ID=URL",
+                       help="a member of the cluster, this one included; repeat for each "
+                            "[QUORUMKV_PEERS, comma-separated]")
+    serve.add_argument("--data-dir", default=_env("QUORUMKV_DATA_DIR"),
+                       help="directory of the replica's durable state [QUORUMKV_DATA_DIR]")
+    serve.add_argument("--auth-token-file", default=_env("QUORUMKV_AUTH_TOKEN_FILE"),
+                       help="file holding the shared secret peers must present "
+                            "[QUORUMKV_AUTH_TOKEN_FILE]")
+    serve.add_argument("--request-timeout", type=float,
+                       default=float(_env("QUORUMKV_REQUEST_TIMEOUT", "2.5") or 2.5),
+                       help="seconds a request may wait for a quorum before 503 (default 2.5) "
+                            "[QUORUMKV_REQUEST_TIMEOUT]")
+    serve.add_argument("--max-value-bytes", type=int, default=MAX_VALUE_BYTES,
+                       help=f"largest value accepted (default {MAX_VALUE_BYTES})")
+    serve.add_argument("--log-level", default=_env("QUORUMKV_LOG_LEVEL", "INFO"),
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+
+    local = sub.add_parser("local", help="run N replicas on 127.0.0.1 (no Kubernetes)",
+                           description="Start N replicas on 127.0.0.1, ports P..P+N-1, print "
+                                       "their URLs, and stop them all on Ctrl-C / SIGTERM.")
+    local.add_argument("--replicas", type=int, default=3, help="how many (default 3)")
+    local.add_argument("--base-port", type=int, default=7000, help="first port (default 7000)")
+    local.add_argument("--data-dir", help="parent of the replicas' data directories "
+                                          "(default: ./quorumkv-data)")
+
+    for name, help_text in (("put", "write a value"), ("get", "read a value to stdout"),
+                            ("delete", "delete a key")):
+        cmd = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
+        cmd.add_argument("key")
+        if name == "put":
+            cmd.add_argument("value", help="the value; `-` reads it from stdin")
+            cmd.add_argument("--create-only", action="store_true",
+                             help="fail (412) if the key exists (If-None-Match: *)")
+        if name in ("put", "delete"):
+            cmd.add_argument("--if-match", metavar="ETAG",
+                             help="compare-and-set: only if the current version is ETAG")
+        cmd.add_argument("--endpoint", default=_env("QUORUMKV_ENDPOINT", DEFAULT_ENDPOINT),
+                         help=f"any replica's URL (default {DEFAULT_ENDPOINT}) "
+                              "[QUORUMKV_ENDPOINT]")
+        cmd.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    return parser
+
+
+def serve_settings(args: argparse.Namespace) -> ServeSettings:
+    if not args.node_id:
+        raise SettingsError("--node-id (or QUORUMKV_NODE_ID) is required")
+    if not args.data_dir:
+        raise SettingsError("--data-dir (or QUORUMKV_DATA_DIR) is required")
+    host, port = parse_listen(args.listen)
+    peers = parse_peers(args.peer or [os.environ.get("QUORUMKV_PEERS", "")])
+    if not peers:
+        peers = {args.node_id: f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"}
+    if args.node_id not in peers:
+        raise SettingsError(f"--node-id {args.node_id!r} is not among the peers "
+                            f"({', '.join(peers)}); list every member, this one included")
+    if args.request_timeout <= 0 or args.max_value_bytes <= 0:
+        raise SettingsError("--request-timeout and --max-value-bytes must be positive")
+    return ServeSettings(
+        node_id=args.node_id, listen_host=host, listen_port=port, peers=peers,
+        data_dir=Path(args.data_dir), auth_token=read_token(args.auth_token_file),
+        request_timeout=args.request_timeout,
+        peer_timeout=min(1.5, args.request_timeout * 0.6),
+        max_value_bytes=args.max_value_bytes,
+        volatile=os.environ.get("QUORUMKV_UNSAFE_VOLATILE") == "1",
+        log_level=args.log_level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            from quorumkv.server import run_server
+            return run_server(serve_settings(args))
+        if args.command == "local":
+            from quorumkv.local import run_local
+            return run_local(args.replicas, args.base_port, args.data_dir)
+    except SettingsError as exc:
+        parser.exit(EXIT_USAGE, f"quorumkv {args.command}: error: {exc}\n")
+    from quorumkv.client_cli import run_client_command
+    return asyncio.run(run_client_command(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""`quorumkv put|get|delete`: the command-line client, a thin layer over `quorumkv.client`.
+
+Exit codes: 0 done, 1 not found or precondition failed, 3 no quorum (503), 4 other errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import aiohttp
+
+from quorumkv.cli import EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_UNAVAILABLE
+from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
+
+
+async def run_client_command(args: argparse.Namespace) -> int:
+    try:
+        async with Client(args.endpoint, timeout=args.timeout) as client:
+            return await _run(client, args)
+    except PreconditionFailed as exc:
+        print(f"quorumkv {args.command}: precondition failed: {exc.detail}", file=sys.stderr)
+        return EXIT_MISSING
+    except Unavailable as exc:
+        print(f"quorumkv {args.command}: unavailable ({exc.detail}); retry in "
+              f"{exc.retry_after:g}s", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except QuorumKVError as exc:
+        print(f"quorumkv {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        print(f"quorumkv {args.command}: cannot reach {args.endpoint}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+async def _run(client: Client, args: argparse.Namespace) -> int:
+    if args.command == "put":
+        value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
+        result = await client.put(args.key, value, if_match=args.if_match,
+                                  create_only=args.create_only)
+        print(f"{'created' if result.created else 'replaced'} {args.key} "
+              f"version {result.etag}", file=sys.stderr)
+        return EXIT_OK
+    if args.command == "get":
+        found = await client.get(args.key)
+        if found is None:
+            print(f"quorumkv get: {args.key}: not found", file=sys.stderr)
+            return EXIT_MISSING
+        sys.stdout.buffer.write(found.value)
+        if sys.stdout.isatty():
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+        return EXIT_OK
+    deleted = await client.delete(args.key, if_match=args.if_match)
+    if not deleted:
+        print(f"quorumkv delete: {args.key}: not found", file=sys.stderr)
+        return EXIT_MISSING
+    return EXIT_OK

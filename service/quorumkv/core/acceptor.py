@@ -1,0 +1,62 @@
+"""The acceptor's rules for one key, as pure functions.
+
+Replies are sent only after the new state is durable (the caller's job); these functions only
+decide. The one-round-trip optimisation of CASPaxos is built in: an accept may carry the
+promise for the proposer's next ballot, so that proposer's next change to the key can skip
+the prepare phase.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from quorumkv.core.ballot import ZERO, Ballot
+from quorumkv.core.register import EMPTY, Register
+
+
+class AcceptorState(NamedTuple):
+    promised: Ballot
+    accepted: Ballot
+    register: Register
+
+
+INITIAL = AcceptorState(ZERO, ZERO, EMPTY)
+
+
+class Promise(NamedTuple):
+    accepted: Ballot
+    register: Register
+
+
+class Accepted(NamedTuple):
+    pass
+
+
+class Conflict(NamedTuple):
+    """The ballot was too low; `seen` is the highest ballot this acceptor knows."""
+
+    seen: Ballot
+
+
+PrepareReply = Promise | Conflict
+AcceptReply = Accepted | Conflict
+
+
+def prepare(state: AcceptorState, ballot: Ballot) -> tuple[AcceptorState, PrepareReply]:
+    if ballot <= state.promised or ballot <= state.accepted:
+        return state, Conflict(max(state.promised, state.accepted))
+    return state._replace(promised=ballot), Promise(state.accepted, state.register)
+
+
+def accept(
+    state: AcceptorState, ballot: Ballot, register: Register, next_promise: Ballot | None
+) -> tuple[AcceptorState, AcceptReply]:
+    """Accept `register` at `ballot` unless a higher ballot was promised or accepted.
+
+    `ballot == promised` is the normal case (promised by the prepare, or piggy-backed on the
+    proposer's previous accept).
+    """
+    if ballot < state.promised or ballot <= state.accepted:
+        return state, Conflict(max(state.promised, state.accepted))
+    promised = ballot if next_promise is None or next_promise <= ballot else next_promise
+    return AcceptorState(promised, ballot, register), Accepted()

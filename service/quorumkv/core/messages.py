@@ -1,0 +1,54 @@
+"""Messages between proposers and acceptors, independent of how they travel."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from quorumkv.core.acceptor import Accepted, Conflict, Promise
+from quorumkv.core.ballot import Ballot
+from quorumkv.core.register import Register
+
+
+class Read(NamedTuple):
+    """Ask for the accepted state, without promising anything (the fast read path)."""
+
+    key: str
+
+
+class Prepare(NamedTuple):
+    key: str
+    ballot: Ballot
+
+
+class Accept(NamedTuple):
+    key: str
+    ballot: Ballot
+    register: Register
+    next_promise: Ballot | None
+
+
+Request = Read | Prepare | Accept
+# A read is answered like a promise: the accepted ballot and register, durable.
+Reply = Promise | Accepted | Conflict
+
+
+class DigestQuery(NamedTuple):
+    """Anti-entropy: ask for the digest of every key bucket."""
+
+
+class BucketQuery(NamedTuple):
+    """Anti-entropy: ask for `(key, version)` of every key in one bucket."""
+
+    bucket: int
+
+
+class DigestReply(NamedTuple):
+    buckets: tuple[int, ...]
+
+
+class BucketReply(NamedTuple):
+    entries: tuple[tuple[str, Ballot | None], ...]
+
+
+SyncQuery = DigestQuery | BucketQuery
+SyncReply = DigestReply | BucketReply

@@ -1,0 +1,174 @@
+"""The proposer of one operation on one key, as a pure state machine.
+
+`begin_*` functions return the first state and the message to broadcast; `on_reply` feeds one
+reply and returns the next state and what to do. The async coordinator and the simulated
+network of the tests both drive this same code, so what the simulation checks is what runs.
+
+Safety rules encoded here:
+- a phase counts replies only from voters of the configuration, each at most once;
+- after an accept was sent the operation is never retried unless every voter explicitly
+  rejected it (then nothing was accepted anywhere); otherwise the outcome is indeterminate.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+from quorumkv.core.acceptor import Accepted, Conflict, Promise
+from quorumkv.core.ballot import Ballot
+from quorumkv.core.changes import Change, Identity, Outcome, apply_change
+from quorumkv.core.messages import Accept, Prepare, Read, Reply, Request
+from quorumkv.core.quorum import Config
+from quorumkv.core.register import Register
+
+
+class Phase(enum.Enum):
+    READ = "read"
+    PREPARE = "prepare"
+    ACCEPT = "accept"
+
+
+class Proposal(NamedTuple):
+    key: str
+    change: Change
+    config: Config
+    node: str
+    boot: int
+    phase: Phase
+    ballot: Ballot
+    highest_seen: Ballot
+    ok: frozenset[str] = frozenset()
+    rejected: frozenset[str] = frozenset()
+    best: Promise | None = None  # highest accepted state among promises / read replies
+    uniform: bool = True  # read phase: all replies so far carry the same accepted ballot
+    proposed: Register | None = None
+    outcome: Outcome | None = None
+    message: Request | None = None  # what the current phase broadcast; older replies are stale
+
+
+class Continue(NamedTuple):
+    """Keep waiting for replies."""
+
+
+class Send(NamedTuple):
+    """Start a new phase: broadcast `message` to every voter."""
+
+    message: Request
+
+
+class Done(NamedTuple):
+    outcome: Outcome
+    register: Register
+    next_ballot: Ballot | None  # promised by the acceptors of the accept, if any
+
+
+class Retry(NamedTuple):
+    """Nothing was accepted; start over with a prepare at a higher ballot (after a backoff)."""
+
+    highest_seen: Ballot
+
+
+class Indeterminate(NamedTuple):
+    """An accept was sent but no quorum confirmed it: it may or may not take effect."""
+
+
+Action = Continue | Send | Done | Retry | Indeterminate
+
+
+def begin_read(
+    key: str, config: Config, node: str, boot: int, seen: Ballot
+) -> tuple[Proposal, Send]:
+    message = Read(key)
+    proposal = Proposal(key, Identity(), config, node, boot, Phase.READ, seen, seen,
+                        message=message)
+    return proposal, Send(message)
+
+
+def begin_prepare(
+    key: str, change: Change, config: Config, node: str, boot: int, seen: Ballot
+) -> tuple[Proposal, Send]:
+    ballot = seen.next(node, boot)
+    message = Prepare(key, ballot)
+    proposal = Proposal(key, change, config, node, boot, Phase.PREPARE, ballot, ballot,
+                        message=message)
+    return proposal, Send(message)
+
+
+def begin_accept(
+    key: str, change: Change, config: Config, node: str, boot: int,
+    ballot: Ballot, current: Register,
+) -> tuple[Proposal, Send]:
+    """The one-round-trip path: `ballot` was promised to us with our previous accept."""
+    proposal = Proposal(key, change, config, node, boot, Phase.ACCEPT, ballot, ballot)
+    return _to_accept(proposal, current)
+
+
+def on_reply(
+    proposal: Proposal, sender: str, request: Request, reply: Reply
+) -> tuple[Proposal, Action]:
+    """Feed the `reply` of `sender` to `request`; replies to earlier phases are ignored."""
+    if request != proposal.message:
+        return proposal, Continue()
+    if sender not in proposal.config.voters or sender in proposal.ok | proposal.rejected:
+        return proposal, Continue()
+    if isinstance(reply, Conflict):
+        proposal = proposal._replace(
+            rejected=proposal.rejected | {sender},
+            highest_seen=max(proposal.highest_seen, reply.seen),
+        )
+        return proposal, _after_rejection(proposal)
+    if proposal.phase is Phase.ACCEPT:
+        if not isinstance(reply, Accepted):
+            return proposal, Continue()
+        proposal = proposal._replace(ok=proposal.ok | {sender})
+        if not proposal.config.is_quorum(proposal.ok):
+            return proposal, _after_rejection(proposal)
+        assert proposal.proposed is not None and isinstance(proposal.message, Accept)
+        assert proposal.outcome is not None
+        return proposal, Done(proposal.outcome, proposal.proposed, proposal.message.next_promise)
+    if not isinstance(reply, Promise):
+        return proposal, Continue()
+    return _on_promise(proposal, sender, reply)
+
+
+def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Proposal, Action]:
+    best = proposal.best
+    uniform = proposal.uniform and (best is None or best.accepted == reply.accepted)
+    if best is None or reply.accepted > best.accepted:
+        best = reply
+    proposal = proposal._replace(ok=proposal.ok | {sender}, best=best, uniform=uniform,
+                                 highest_seen=max(proposal.highest_seen, reply.accepted))
+    if not proposal.config.is_quorum(proposal.ok):
+        return proposal, Continue()
+    if proposal.phase is Phase.READ:
+        if proposal.uniform:
+            outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
+            return proposal, Done(outcome, best.register, None)
+        # Replicas disagree: finish the latest value with a write-back (identity change).
+        proposal, send = begin_prepare(proposal.key, Identity(), proposal.config,
+                                       proposal.node, proposal.boot, proposal.highest_seen)
+        return proposal, send
+    proposal, send = _to_accept(proposal, best.register)
+    return proposal, send
+
+
+def _to_accept(proposal: Proposal, current: Register) -> tuple[Proposal, Send]:
+    register, outcome = apply_change(proposal.change, current, proposal.ballot)
+    next_promise = proposal.ballot.next(proposal.node, proposal.boot)
+    message = Accept(proposal.key, proposal.ballot, register, next_promise)
+    proposal = proposal._replace(phase=Phase.ACCEPT, ok=frozenset(), rejected=frozenset(),
+                                 proposed=register, outcome=outcome, message=message)
+    return proposal, Send(message)
+
+
+def _after_rejection(proposal: Proposal) -> Action:
+    """Decide once a quorum can no longer be reached in this phase."""
+    voters = proposal.config.voters
+    if proposal.config.is_quorum(voters - proposal.rejected):
+        return Continue()
+    if proposal.phase is not Phase.ACCEPT or proposal.rejected == voters:
+        return Retry(proposal.highest_seen)
+    if proposal.ok:
+        return Indeterminate()
+    return Continue()  # nobody accepted yet: wait for the rest, maybe all reject

@@ -1,0 +1,41 @@
+"""Maps exceptions to JSON error responses, in one place, for every route."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from quorumkv.errors import QuorumUnavailable, ServiceError
+
+log = logging.getLogger("quorumkv.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, error: str, detail: str = "",
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps({"error": error, "detail": detail}),
+                        content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except QuorumUnavailable as exc:
+        return error_response(exc.status, exc.error, exc.detail,
+                              {"Retry-After": str(exc.retry_after)})
+    except ServiceError as exc:
+        return error_response(exc.status, exc.error, exc.detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = exc.reason.lower().replace(" ", "_")
+        return error_response(exc.status, error, exc.text or exc.reason,
+                              {k: v for k, v in exc.headers.items() if k == "Allow"})
+    except Exception:
+        log.exception("unexpected error", extra={"method": request.method, "path": request.path})
+        return error_response(500, "internal_error", "see the replica's log")

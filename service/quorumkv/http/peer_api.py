@@ -1,0 +1,77 @@
+"""The peer endpoint: one request carries a batch of protocol messages, answered in order.
+
+Acceptor messages are judged in order, then the whole batch waits for the group commit(s)
+holding its state changes, so one fsync usually covers the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+from aiohttp import web
+
+from quorumkv.core.messages import BucketQuery, BucketReply, DigestQuery, DigestReply
+from quorumkv.errors import BadRequest
+from quorumkv.http.errors import Handler, error_response
+from quorumkv.http.keys import NODE
+
+from quorumkv.replication.transport import BATCH_PATH
+from quorumkv.replication.wire import (
+    Failure, PeerReply, pack_replies, unpack_envelope,
+)
+
+log = logging.getLogger("quorumkv.peer_api")
+
+INTERNAL_PREFIX = "/internal/"
+
+routes = web.RouteTableDef()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every `/internal/` request needs the shared token when one is configured."""
+    if request.path.startswith(INTERNAL_PREFIX):
+        token = request.app[NODE].settings.auth_token
+        if token is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return error_response(401, "unauthorized",
+                                      "peer requests need `Authorization: Bearer <token>`",
+                                      {"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+@routes.post(BATCH_PATH)
+async def batch(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    try:
+        envelope = unpack_envelope(await request.read())
+    except ValueError as exc:
+        raise BadRequest(f"malformed peer batch: {exc}") from None
+    if not node.membership.admits(envelope.sender, envelope.incarnation):
+        log.warning("refused a peer of unknown identity", extra={
+            "peer": envelope.sender, "incarnation": envelope.incarnation,
+            "known": node.membership.known_incarnation(envelope.sender)})
+        return error_response(409, "unknown_identity",
+                              f"node {envelope.sender!r} is not a member as incarnation "
+                              f"{envelope.incarnation}")
+    replies: list[PeerReply | Failure] = []
+    waits: set[asyncio.Future[None]] = set()
+    for message in envelope.messages:
+        if isinstance(message, DigestQuery):
+            replies.append(DigestReply(tuple(node.local.digests.buckets)))
+        elif isinstance(message, BucketQuery):
+            replies.append(BucketReply(tuple(node.local.bucket_versions(message.bucket))))
+        else:
+            reply, durable = node.local.apply(message)
+            replies.append(reply)
+            if durable is not None:
+                waits.add(durable)
+    if waits:
+        await asyncio.gather(*(asyncio.shield(w) for w in waits))
+    return web.Response(body=pack_replies(node.incarnation, replies),
+                        content_type="application/msgpack")
+
+

@@ -1,0 +1,85 @@
+"""`quorumkv local`: N real replica processes on 127.0.0.1, for trying QuorumKV without Kubernetes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+READY_TIMEOUT = 30.0
+
+
+def run_local(replicas: int, base_port: int, data_dir: str | None) -> int:
+    if not 1 <= replicas <= 9:
+        print("quorumkv local: error: --replicas must be between 1 and 9", file=sys.stderr)
+        return 2
+    if not 1024 <= base_port <= 65535 - replicas:
+        print("quorumkv local: error: --base-port must leave room for every replica",
+              file=sys.stderr)
+        return 2
+    root = Path(data_dir or "quorumkv-data").resolve()
+    urls = {str(i): f"http://127.0.0.1:{base_port + i}" for i in range(replicas)}
+    peers = [arg for node, url in urls.items() for arg in ("--peer", f"{node}={url}")]
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for node, url in urls.items():
+        cmd = [sys.executable, "-m", "quorumkv", "serve", "--node-id", node,
+               "--listen", url.removeprefix("http://"), "--data-dir", str(root / f"node-{node}"),
+               *peers]
+        procs.append(subprocess.Popen(cmd))
+    try:
+        if _wait_ready(list(urls.values()), procs, lambda: stopping):
+            print(f"QuorumKV: {replicas} replicas ready, data in {root}", flush=True)
+            for node, url in urls.items():
+                print(f"  replica {node}: {url}", flush=True)
+            print(f"Try: quorumkv put hello world --endpoint {urls['0']}  "
+                  "(Ctrl-C stops them all)", flush=True)
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        crashed = [str(i) for i, p in enumerate(procs) if p.poll() not in (None, 0)]
+        if crashed and not stopping:
+            print(f"quorumkv local: replica(s) {', '.join(crashed)} exited; stopping all",
+                  file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]],
+                stopping: object) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT
+    pending = set(urls)
+    while pending and time.monotonic() < deadline:
+        if stopping() or any(p.poll() is not None for p in procs):  # type: ignore[operator]
+            return False
+        for url in list(pending):
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        pending.discard(url)
+            except OSError:
+                pass
+        time.sleep(0.2)
+    if pending:
+        print(f"quorumkv local: not ready after {READY_TIMEOUT:.0f}s: {', '.join(sorted(pending))}",
+              file=sys.stderr)
+    return not pending

@@ -1,0 +1,53 @@
+"""Prometheus metrics of one replica; a registry per replica so tests can run several."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("quorumkv_requests", "Client requests by operation and outcome",
+                                ["op", "outcome"], registry=r)
+        self.latency = Histogram("quorumkv_request_duration_seconds",
+                                 "Client request latency by operation", ["op"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.quorum_failures = Counter("quorumkv_quorum_failures",
+                                       "Requests answered 503 for want of a quorum",
+                                       ["op", "indeterminate"], registry=r)
+        self.paths = Counter("quorumkv_paxos_paths",
+                             "Protocol paths taken: fast/slow reads and writes, conflicts",
+                             ["path"], registry=r)
+        self.peer_reachable = Gauge("quorumkv_peer_reachable", "1 if the peer answers",
+                                    ["peer"], registry=r)
+        self.peer_batch_size = Histogram("quorumkv_peer_batch_messages",
+                                         "Protocol messages per peer request", ["peer"],
+                                         buckets=SIZE_BUCKETS, registry=r)
+        self.peer_batch_latency = Histogram("quorumkv_peer_batch_seconds",
+                                            "Round trip of a peer batch", ["peer"],
+                                            buckets=LATENCY_BUCKETS, registry=r)
+        self.commit_batch_size = Histogram("quorumkv_commit_batch_states",
+                                           "Key states written per group commit",
+                                           buckets=SIZE_BUCKETS, registry=r)
+        self.fsync_latency = Histogram("quorumkv_commit_duration_seconds",
+                                       "Time to write and fsync one group commit",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.keys = Gauge("quorumkv_keys", "Keys held by this replica (tombstones included)",
+                          registry=r)
+        self.repairs = Counter("quorumkv_antientropy_repairs",
+                               "Keys repaired through the protocol by anti-entropy", registry=r)
+        self.ready = Gauge("quorumkv_ready", "1 when this replica is ready to serve",
+                           registry=r)
+
+    def observe_commit(self, size: int, seconds: float) -> None:
+        self.commit_batch_size.observe(size)
+        self.fsync_latency.observe(seconds)
+
+    def observe_batch(self, peer: str, size: int, seconds: float) -> None:
+        self.peer_batch_size.labels(peer).observe(size)
+        self.peer_batch_latency.labels(peer).observe(seconds)

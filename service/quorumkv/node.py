@@ -1,0 +1,168 @@
+"""One replica: opens its storage and identity, wires acceptor, links, coordinator, anti-entropy.
+
+The HTTP layer holds a `Node` and asks it to do things; the node knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from typing import Any
+
+import aiohttp
+
+from quorumkv.core.quorum import Config
+from quorumkv.metrics import Metrics
+from quorumkv.replication.antientropy import AntiEntropy
+from quorumkv.replication.coordinator import Coordinator
+from quorumkv.replication.local_acceptor import LocalAcceptor
+from quorumkv.replication.membership import Membership, known_from_meta
+from quorumkv.replication.transport import PeerLink
+from quorumkv.settings import ServeSettings
+from quorumkv.storage.base import Storage
+from quorumkv.storage.committer import GroupCommitter
+from quorumkv.storage.memory import MemoryStorage
+from quorumkv.storage.sqlite import SQLiteStorage
+
+log = logging.getLogger("quorumkv.node")
+
+HEARTBEAT_INTERVAL = 0.5
+
+
+def open_storage(settings: ServeSettings) -> tuple[Storage, str, int]:
+    """Open the data directory; returns the storage, the incarnation id and this boot's number.
+
+    The incarnation is created with the directory and never changes; the boot counter is
+    bumped durably before anything else happens, so ballots of this run are new.
+    """
+    disk = SQLiteStorage(settings.data_dir)
+    incarnation = disk.get_meta("incarnation") or uuid.uuid4().hex
+    boot = int(disk.get_meta("boot") or "0") + 1
+    disk.commit({}, {"incarnation": incarnation, "boot": str(boot)})
+    if not settings.volatile:
+        return disk, incarnation, boot
+    log.warning("UNSAFE volatile mode: Paxos state is kept in memory only",
+                extra={"data_dir": str(settings.data_dir)})
+    disk.close()
+    return MemoryStorage({"incarnation": incarnation}), incarnation, boot
+
+
+class Node:
+    def __init__(self, settings: ServeSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        storage, self.incarnation, self.boot = open_storage(settings)
+        self._committer = GroupCommitter(storage, self.metrics.observe_commit)
+        self.local = LocalAcceptor(self._committer, storage.load())
+        voters = frozenset(settings.peers)
+        self.membership = Membership(
+            settings.node_id, self.incarnation, Config(1, voters), settings.peers,
+            known_from_meta(storage.get_meta, set(voters)), self._committer.stage_meta)
+        self._session: aiohttp.ClientSession | None = None
+        self.links: dict[str, PeerLink] = {}
+        self.coordinator: Coordinator | None = None
+        self.antientropy: AntiEntropy | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True,
+                                         local_addr=_source_address(self.settings.listen_host))
+        self._session = aiohttp.ClientSession(connector=connector)
+        for peer, url in self.membership.peers().items():
+            self.links[peer] = PeerLink(
+                peer, url, session=self._session, membership=self.membership,
+                token=self.settings.auth_token, timeout=self.settings.peer_timeout,
+                observe=self.metrics.observe_batch)
+        self.coordinator = Coordinator(
+            self.membership, self.boot, self.local, self.links, self.settings.request_timeout,
+            observe=lambda path: self.metrics.paths.labels(path).inc())
+        self.antientropy = AntiEntropy(self.local, self.links, self.coordinator,
+                                       self.settings.antientropy_interval,
+                                       on_repair=self.metrics.repairs.inc)
+        self._tasks = [asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                       asyncio.create_task(self.antientropy.run(), name="anti-entropy")]
+        log.info("replica started", extra={
+            "node": self.settings.node_id, "incarnation": self.incarnation, "boot": self.boot,
+            "members": sorted(self.membership.config.voters), "keys": len(self.local)})
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+        await self._committer.close()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.gather(*(link.heartbeat() for link in self.links.values()))
+            for peer, link in self.links.items():
+                self.metrics.peer_reachable.labels(peer).set(1 if link.reachable else 0)
+            self.metrics.keys.set(len(self.local))
+            self.metrics.ready.set(1 if self.ready else 0)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def reachable(self) -> set[str]:
+        return {self.settings.node_id} | {p for p, link in self.links.items() if link.reachable}
+
+    @property
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when this replica can serve: identity valid, quorum reachable, caught up."""
+        config = self.membership.config
+        if self.membership.stale:
+            return False, ("peers know this node id under another incarnation: its data was "
+                           "lost; it must be re-added as a new member")
+        if not config.is_quorum(self.reachable()):
+            return False, "no quorum of members is reachable"
+        assert self.antientropy is not None
+        synced = {self.settings.node_id} | self.antientropy.synced_with
+        if not config.is_quorum(synced):
+            return False, "catching up: start-up anti-entropy with a quorum not finished"
+        return True, "ready"
+
+    @property
+    def ready(self) -> bool:
+        return self.readiness[0]
+
+    def cluster_info(self) -> dict[str, Any]:
+        config = self.membership.config
+        members = []
+        for node in sorted(config.voters):
+            link = self.links.get(node)
+            members.append({
+                "id": node,
+                "url": self.membership.urls.get(node, ""),
+                "reachable": True if link is None else link.reachable,
+                "incarnation": self.membership.known_incarnation(node),
+            })
+        ready, reason = self.readiness
+        return {
+            "node_id": self.settings.node_id,
+            "incarnation": self.incarnation,
+            "epoch": config.epoch,
+            "members": members,
+            "quorum": config.quorum_size(),
+            "ready": ready,
+            "reason": reason,
+            "keys": len(self.local),
+        }
+
+
+def _source_address(listen_host: str) -> tuple[str, int] | None:
+    """Bind peer connections to our own address when it is a specific one.
+
+    Replicas on distinct loopback addresses (127.0.0.2, .3, …) can then be partitioned with
+    iptables rules on source and destination, as the fault-injection tests do.
+    """
+    if listen_host in ("", "0.0.0.0", "::", "localhost"):
+        return None
+    try:
+        socket.inet_aton(listen_host)
+    except OSError:
+        return None
+    return (listen_host, 0)

@@ -1,0 +1,1 @@
+"""Replication: the local acceptor, the peer transport, the coordinator, anti-entropy."""

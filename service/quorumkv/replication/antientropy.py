@@ -1,0 +1,95 @@
+"""Anti-entropy: compare digests of key buckets with peers and repair through the protocol.
+
+A difference is never fixed by copying a peer's state: the key gets an identity change
+through Paxos, whose accept phase writes the value a quorum agrees on to every member. So a
+repair can never resurrect or invent a value, whichever side was behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from quorumkv.core.changes import Identity
+from quorumkv.core.messages import BucketQuery, BucketReply, DigestQuery, DigestReply
+from quorumkv.errors import QuorumUnavailable
+from quorumkv.replication.coordinator import Coordinator
+from quorumkv.replication.local_acceptor import LocalAcceptor
+from quorumkv.replication.transport import PeerLink, PeerUnavailable
+
+log = logging.getLogger("quorumkv.antientropy")
+
+REPAIR_CONCURRENCY = 32
+
+
+class AntiEntropy:
+    def __init__(
+        self,
+        local: LocalAcceptor,
+        links: dict[str, PeerLink],
+        coordinator: Coordinator,
+        interval: float,
+        on_repair: Callable[[int], None] | None = None,
+    ) -> None:
+        self._local = local
+        self._links = links
+        self._coordinator = coordinator
+        self._interval = interval
+        self._on_repair = on_repair or (lambda n: None)
+        self.synced_with: set[str] = set()  # peers compared with at least once since start
+
+    async def run(self) -> None:
+        """Sync with every peer once (start-up catch-up), then with a random peer each period."""
+        while True:
+            pending = [p for p in self._links if p not in self.synced_with]
+            targets = pending or [random.choice(list(self._links))] if self._links else []
+            for peer in targets:
+                try:
+                    await self.sync_with(peer)
+                except PeerUnavailable:
+                    continue
+                except Exception:
+                    log.exception("anti-entropy round failed", extra={"peer": peer})
+            await asyncio.sleep(0.5 if pending else self._interval)
+
+    async def sync_with(self, peer: str) -> int:
+        """Compare every bucket with `peer`, repair the keys that differ; returns how many."""
+        link = self._links[peer]
+        theirs = await link.call(DigestQuery())
+        assert isinstance(theirs, DigestReply)
+        differing = [b for b, (mine, other) in
+                     enumerate(zip(self._local.digests.buckets, theirs.buckets, strict=True))
+                     if mine != other]
+        keys: set[str] = set()
+        for bucket in differing:
+            reply = await link.call(BucketQuery(bucket))
+            assert isinstance(reply, BucketReply)
+            their_versions = dict(reply.entries)
+            my_versions = dict(self._local.bucket_versions(bucket))
+            keys |= {k for k in their_versions.keys() | my_versions.keys()
+                     if their_versions.get(k) != my_versions.get(k)}
+        repaired = await self._repair(sorted(keys))
+        if keys:
+            log.info("anti-entropy repaired keys",
+                     extra={"peer": peer, "differing": len(keys), "repaired": repaired})
+        self.synced_with.add(peer)
+        return repaired
+
+    async def _repair(self, keys: list[str]) -> int:
+        semaphore = asyncio.Semaphore(REPAIR_CONCURRENCY)
+        repaired = 0
+
+        async def repair(key: str) -> None:
+            nonlocal repaired
+            async with semaphore:
+                try:
+                    await self._coordinator.change(key, Identity())
+                except QuorumUnavailable:
+                    return
+                repaired += 1
+                self._on_repair(1)
+
+        await asyncio.gather(*(repair(k) for k in keys))
+        return repaired

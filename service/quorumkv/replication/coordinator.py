@@ -1,0 +1,194 @@
+"""Runs client operations as CASPaxos proposals over the local acceptor and peer links.
+
+Any replica coordinates any key. Per key, this coordinator runs one write proposal at a time
+(so two of its own proposals can never share a ballot), remembers the ballot its last accept
+got promised (the one-round-trip path), and reads with one round trip when a quorum agrees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+
+from quorumkv.core import proposer
+from quorumkv.core.ballot import Ballot
+from quorumkv.core.changes import Change, Identity, Outcome
+from quorumkv.core.messages import Reply, Request
+from quorumkv.core.proposer import Action, Continue, Done, Indeterminate, Proposal, Retry, Send
+from quorumkv.core.register import Register
+from quorumkv.errors import QuorumUnavailable
+from quorumkv.replication.keyed_mutex import KeyedMutex
+from quorumkv.replication.local_acceptor import LocalAcceptor
+from quorumkv.replication.membership import Membership
+from quorumkv.replication.transport import PeerLink
+
+log = logging.getLogger("quorumkv.coordinator")
+
+FAST_PATH_CACHE = 100_000  # keys whose promised next ballot we remember
+MAX_ATTEMPTS = 8
+
+PathObserver = Callable[[str], None]  # "fast_read", "slow_read", "fast_write", "conflict", …
+
+
+class Coordinator:
+    def __init__(
+        self,
+        membership: Membership,
+        boot: int,
+        local: LocalAcceptor,
+        links: dict[str, PeerLink],
+        timeout: float,
+        observe: PathObserver | None = None,
+    ) -> None:
+        self._membership = membership
+        self._node = membership.node_id
+        self._boot = boot
+        self._local = local
+        self._links = links
+        self._timeout = timeout
+        self._observe = observe or (lambda path: None)
+        self._mutex = KeyedMutex()
+        self._promised: OrderedDict[str, tuple[Ballot, Register]] = OrderedDict()
+
+    async def read(self, key: str) -> Register:
+        """A linearizable read: one round trip if a quorum agrees, else a write-back."""
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        prop, send = proposer.begin_read(key, self._membership.config, self._node, self._boot,
+                                         self._local.seen(key))
+        prop, action = await self._broadcast(prop, send.message, deadline)
+        if isinstance(action, Done):
+            self._observe("fast_read")
+            return action.register
+        if action is None:
+            raise QuorumUnavailable(f"no quorum answered the read of {key!r} in time")
+        self._observe("slow_read")
+        _, register = await self.change(key, Identity(), deadline)
+        return register
+
+    async def change(
+        self, key: str, change: Change, deadline: float | None = None
+    ) -> tuple[Outcome, Register]:
+        """Apply `change` to `key` through Paxos; raises `QuorumUnavailable`."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self._timeout
+        async with self._mutex.hold(key):
+            prop, send = self._begin(key, change)
+            attempts = 0
+            while True:
+                prop, action = await self._broadcast(prop, send.message, deadline)
+                if isinstance(action, Send):
+                    send = action
+                    continue
+                if isinstance(action, Done):
+                    self._remember(key, action)
+                    return action.outcome, action.register
+                self._promised.pop(key, None)
+                if isinstance(action, Retry):
+                    attempts += 1
+                    self._observe("conflict")
+                    if attempts >= MAX_ATTEMPTS or loop.time() >= deadline:
+                        raise QuorumUnavailable(f"contention on {key!r}: gave up after "
+                                                f"{attempts} ballots")
+                    await asyncio.sleep(random.uniform(0, 0.002 * 2 ** attempts))
+                    seen = max(action.highest_seen, self._local.seen(key))
+                    prop, send = proposer.begin_prepare(key, change, self._membership.config,
+                                                        self._node, self._boot, seen)
+                    continue
+                indeterminate = isinstance(action, Indeterminate) or \
+                    prop.phase is proposer.Phase.ACCEPT
+                raise QuorumUnavailable(
+                    f"no quorum confirmed the change of {key!r} in time"
+                    + ("; it may still take effect" if indeterminate else ""),
+                    indeterminate=indeterminate)
+
+    def _begin(self, key: str, change: Change) -> tuple[Proposal, Send]:
+        config = self._membership.config
+        cached = self._promised.pop(key, None)
+        if cached is not None and self._fast_path_safe(key, cached[0]):
+            self._observe("fast_write")
+            return proposer.begin_accept(key, change, config, self._node, self._boot,
+                                         cached[0], cached[1])
+        self._observe("slow_write")
+        return proposer.begin_prepare(key, change, config, self._node, self._boot,
+                                      self._local.seen(key))
+
+    def _fast_path_safe(self, key: str, ballot: Ballot) -> bool:
+        """Skip the prepare only while it can hardly fail.
+
+        If another proposer prepared the key since, our acceptor has promised it more than
+        `ballot`; and with every peer reachable, a rejected accept is rejected by all, which
+        makes a retry safe rather than indeterminate.
+        """
+        if self._local.state(key).promised != ballot:
+            return False
+        return all(link.reachable for link in self._links.values())
+
+    def _remember(self, key: str, done: Done) -> None:
+        if done.next_ballot is None:
+            return
+        self._promised[key] = (done.next_ballot, done.register)
+        if len(self._promised) > FAST_PATH_CACHE:
+            self._promised.popitem(last=False)
+
+    async def _broadcast(
+        self, prop: Proposal, message: Request, deadline: float
+    ) -> tuple[Proposal, Action | None]:
+        """Send `message` to every voter and feed replies until the proposal decides.
+
+        Returns None as the action when the deadline passed or every voter answered (or
+        failed) without a decision.
+        """
+        loop = asyncio.get_running_loop()
+        decided: asyncio.Future[Action | None] = loop.create_future()
+        state = [prop]
+        voters = prop.config.voters
+        outstanding = [len(voters)]
+
+        def feed(node: str, reply: Reply | None) -> None:
+            outstanding[0] -= 1
+            if decided.done():
+                return
+            if reply is not None:
+                state[0], action = proposer.on_reply(state[0], node, message, reply)
+                if not isinstance(action, Continue):
+                    decided.set_result(action)
+                    return
+            if outstanding[0] == 0:
+                decided.set_result(None)
+
+        def on_done(node: str, future: asyncio.Future[Reply]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                feed(node, None)
+            else:
+                feed(node, future.result())
+
+        for node in voters:
+            if node == self._node:
+                reply, durable = self._local.apply(message)
+                if durable is None:
+                    loop.call_soon(feed, node, reply)
+                else:
+                    durable.add_done_callback(
+                        lambda f, n=node, r=reply: feed(
+                            n, None if f.cancelled() or f.exception() else r))
+                continue
+            link = self._links.get(node)
+            if link is None:
+                outstanding[0] -= 1
+                continue
+            link.call(message).add_done_callback(partial(on_done, node))  # type: ignore[arg-type]
+        if outstanding[0] == 0 and not decided.done():
+            decided.set_result(None)
+        try:
+            async with asyncio.timeout_at(deadline):
+                action = await asyncio.shield(decided)
+        except TimeoutError:
+            action = None
+        if not decided.done():
+            decided.cancel()
+        return state[0], action

@@ -1,0 +1,172 @@
+"""Links to peers: persistent HTTP connections carrying batches of protocol messages.
+
+Every message for a peer is queued; a few sender loops per peer drain the queue, each posting
+everything queued so far as one request (FIELD-NOTES: 3.7–7× faster than one request per
+message). A peer that fails or times out is marked down for a short while so callers fail
+fast instead of waiting on it; a heartbeat brings it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from quorumkv.core.messages import Accept
+from quorumkv.replication.membership import Membership
+from quorumkv.replication.wire import (
+    Failure, PeerReply, PeerRequest, pack_envelope, unpack_replies,
+)
+
+log = logging.getLogger("quorumkv.transport")
+
+BATCH_PATH = "/internal/v1/batch"
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # values per batch; one larger value still goes alone
+DOWN_BACKOFF = 0.5  # seconds a failed peer is skipped before it is tried again
+
+
+class PeerUnavailable(Exception):
+    pass
+
+
+BatchObserver = Callable[[str, int, float], None]  # (peer, messages, seconds)
+
+
+class PeerLink:
+    def __init__(
+        self,
+        peer_id: str,
+        url: str,
+        *,
+        session: aiohttp.ClientSession,
+        membership: Membership,
+        token: str | None,
+        timeout: float,
+        max_batch: int = 512,
+        max_inflight: int = 4,
+        observe: BatchObserver | None = None,
+    ) -> None:
+        self.peer_id = peer_id
+        self.url = url.rstrip("/") + BATCH_PATH
+        self._session = session
+        self._membership = membership
+        self._headers = {"Content-Type": "application/msgpack"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._observe = observe
+        self._queue: list[tuple[PeerRequest, asyncio.Future[PeerReply]]] = []
+        self._senders = 0
+        self._down_until = 0.0
+        self.reachable = False
+        self.last_error = "not contacted yet"
+
+    def call(self, msg: PeerRequest) -> asyncio.Future[PeerReply]:
+        """Queue `msg`; the future gets the reply, or `PeerUnavailable`."""
+        future: asyncio.Future[PeerReply] = asyncio.get_running_loop().create_future()
+        if time.monotonic() < self._down_until:
+            future.set_exception(PeerUnavailable(self.last_error))
+            return future
+        self._queue.append((msg, future))
+        if self._senders < self._max_inflight:
+            self._senders += 1
+            asyncio.get_running_loop().create_task(self._send_loop())
+        return future
+
+    async def _send_loop(self) -> None:
+        try:
+            while self._queue:
+                await self._send(self._take_batch())
+        finally:
+            self._senders -= 1
+
+    def _take_batch(self) -> list[tuple[PeerRequest, asyncio.Future[PeerReply]]]:
+        """The oldest queued messages, up to `max_batch` of them and about MAX_BATCH_BYTES."""
+        size, count = 0, 0
+        for msg, _ in self._queue:
+            if count >= self._max_batch or (count and size >= MAX_BATCH_BYTES):
+                break
+            count += 1
+            if isinstance(msg, Accept) and msg.register.value is not None:
+                size += len(msg.register.value)
+        batch = self._queue[:count]
+        del self._queue[:count]
+        return batch
+
+    async def _send(self, batch: list[tuple[PeerRequest, asyncio.Future[PeerReply]]]) -> None:
+        started = time.perf_counter()
+        try:
+            replies = await self.exchange([msg for msg, _ in batch])
+        except PeerUnavailable as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # a caller that stopped waiting must not warn
+            return
+        if self._observe is not None:
+            self._observe(self.peer_id, len(batch), time.perf_counter() - started)
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Failure):
+                future.set_exception(PeerUnavailable(reply.reason))
+                future.exception()
+            else:
+                future.set_result(reply)
+
+    async def exchange(self, msgs: list[PeerRequest]) -> list[PeerReply | Failure]:
+        """Post one batch and return its replies; raises `PeerUnavailable`."""
+        body = pack_envelope(self._membership.node_id, self._membership.incarnation,
+                             self._membership.config.epoch, msgs)
+        try:
+            async with self._session.post(self.url, data=body, headers=self._headers,
+                                          timeout=self._timeout) as resp:
+                data = await resp.read()
+                if resp.status == 409:
+                    self._membership.refused_by.add(self.peer_id)
+                    raise PeerUnavailable(f"{self.peer_id} refuses our identity: {data[:200]!r}")
+                if resp.status != 200:
+                    raise PeerUnavailable(f"{self.peer_id} answered {resp.status}: {data[:200]!r}")
+            incarnation, replies = unpack_replies(data)
+        except PeerUnavailable as exc:
+            self._mark_down(str(exc))
+            raise
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+            self._mark_down(f"{type(exc).__name__}: {exc}")
+            raise PeerUnavailable(self.last_error) from None
+        if not self._membership.admits(self.peer_id, incarnation):
+            self._mark_down(f"{self.peer_id} answered as unknown incarnation {incarnation}")
+            raise PeerUnavailable(self.last_error)
+        if len(replies) != len(msgs):
+            self._mark_down("reply count does not match the batch")
+            raise PeerUnavailable(self.last_error)
+        self._membership.refused_by.discard(self.peer_id)
+        if not self.reachable:
+            log.info("peer reachable", extra={"peer": self.peer_id})
+        self.reachable = True
+        return replies
+
+    def _mark_down(self, reason: str) -> None:
+        if self.reachable:
+            log.warning("peer unreachable", extra={"peer": self.peer_id, "reason": reason})
+        self.reachable = False
+        self.last_error = reason
+        self._down_until = time.monotonic() + DOWN_BACKOFF
+        pending, self._queue = self._queue, []
+        for _, future in pending:
+            if not future.done():
+                future.set_exception(PeerUnavailable(reason))
+                future.exception()
+
+    async def heartbeat(self) -> bool:
+        """An empty batch: tells whether the peer answers, and refreshes `reachable`."""
+        try:
+            await self.exchange([])
+        except PeerUnavailable:
+            return False
+        return True

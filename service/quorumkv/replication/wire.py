@@ -1,0 +1,139 @@
+"""The peer protocol's encoding: msgpack, so values travel as raw bytes, not base64.
+
+A batch is one HTTP request `POST /internal/v1/batch` whose body is an envelope
+`{"from", "inc", "epoch", "msgs": [...]}`; the reply is `{"inc", "replies": [...]}` in the same
+order. Decoding is strict: a malformed message raises `ValueError`, never anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgpack
+
+from quorumkv.core.acceptor import Accepted, Conflict, Promise
+from quorumkv.core.ballot import Ballot
+from quorumkv.core.messages import (
+    Accept, BucketQuery, BucketReply, DigestQuery, DigestReply, Prepare, Read, Reply, Request,
+    SyncQuery, SyncReply,
+)
+from quorumkv.replication.digests import BUCKETS
+from quorumkv.storage.codec import ballot_or_none, register_from_wire, register_to_wire
+
+PeerRequest = Request | SyncQuery
+PeerReply = Reply | SyncReply
+
+
+class Envelope(NamedTuple):
+    sender: str
+    incarnation: str
+    epoch: int
+    messages: list[PeerRequest]
+
+
+class Failure(NamedTuple):
+    """A message the receiver could not process (it says why); counts as no reply."""
+
+    reason: str
+
+
+def encode_request(msg: PeerRequest) -> list[Any]:
+    if isinstance(msg, Read):
+        return ["r", msg.key]
+    if isinstance(msg, Prepare):
+        return ["p", msg.key, msg.ballot.to_wire()]
+    if isinstance(msg, Accept):
+        nxt = None if msg.next_promise is None else msg.next_promise.to_wire()
+        return ["a", msg.key, msg.ballot.to_wire(), register_to_wire(msg.register), nxt]
+    if isinstance(msg, DigestQuery):
+        return ["d"]
+    return ["b", msg.bucket]
+
+
+def decode_request(raw: Any) -> PeerRequest:
+    if not isinstance(raw, list) or not raw or not isinstance(raw[0], str):
+        raise ValueError("a message must be a non-empty list starting with its type")
+    kind, args = raw[0], raw[1:]
+    if kind in ("r", "p", "a") and not (args and isinstance(args[0], str)):
+        raise ValueError("a key must be a string")
+    if kind == "r" and len(args) == 1:
+        return Read(args[0])
+    if kind == "p" and len(args) == 2:
+        return Prepare(args[0], Ballot.from_wire(args[1]))
+    if kind == "a" and len(args) == 4:
+        return Accept(args[0], Ballot.from_wire(args[1]), register_from_wire(args[2]),
+                      ballot_or_none(args[3]))
+    if kind == "d" and not args:
+        return DigestQuery()
+    if kind == "b" and len(args) == 1 and isinstance(args[0], int) and 0 <= args[0] < BUCKETS:
+        return BucketQuery(args[0])
+    raise ValueError(f"unknown or malformed message {kind!r}")
+
+
+def encode_reply(reply: PeerReply | Failure) -> list[Any]:
+    if isinstance(reply, Promise):
+        return ["P", reply.accepted.to_wire(), register_to_wire(reply.register)]
+    if isinstance(reply, Accepted):
+        return ["A"]
+    if isinstance(reply, Conflict):
+        return ["C", reply.seen.to_wire()]
+    if isinstance(reply, DigestReply):
+        return ["D", list(reply.buckets)]
+    if isinstance(reply, BucketReply):
+        return ["B", [[k, None if v is None else v.to_wire()] for k, v in reply.entries]]
+    return ["E", reply.reason]
+
+
+def decode_reply(raw: Any) -> PeerReply | Failure:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("a reply must be a non-empty list")
+    kind = raw[0]
+    if kind == "P" and len(raw) == 3:
+        return Promise(Ballot.from_wire(raw[1]), register_from_wire(raw[2]))
+    if kind == "A":
+        return Accepted()
+    if kind == "C" and len(raw) == 2:
+        return Conflict(Ballot.from_wire(raw[1]))
+    if kind == "D" and len(raw) == 2:
+        return DigestReply(tuple(int(x) for x in raw[1]))
+    if kind == "B" and len(raw) == 2:
+        return BucketReply(tuple((str(k), ballot_or_none(v)) for k, v in raw[1]))
+    if kind == "E" and len(raw) == 2:
+        return Failure(str(raw[1]))
+    raise ValueError(f"unknown or malformed reply {kind!r}")
+
+
+def pack_envelope(sender: str, incarnation: str, epoch: int, msgs: list[PeerRequest]) -> bytes:
+    body = {"from": sender, "inc": incarnation, "epoch": epoch,
+            "msgs": [encode_request(m) for m in msgs]}
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def unpack_envelope(data: bytes) -> Envelope:
+    try:
+        body = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ValueError(f"not a msgpack body: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError("the envelope must be a map")
+    sender, inc, epoch, msgs = (body.get(k) for k in ("from", "inc", "epoch", "msgs"))
+    if not (isinstance(sender, str) and isinstance(inc, str) and isinstance(epoch, int)
+            and isinstance(msgs, list)):
+        raise ValueError("the envelope needs from, inc, epoch and msgs")
+    return Envelope(sender, inc, epoch, [decode_request(m) for m in msgs])
+
+
+def pack_replies(incarnation: str, replies: list[PeerReply | Failure]) -> bytes:
+    body = {"inc": incarnation, "replies": [encode_reply(r) for r in replies]}
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def unpack_replies(data: bytes) -> tuple[str, list[PeerReply | Failure]]:
+    try:
+        body = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise ValueError(f"not a msgpack body: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("inc"), str) \
+            or not isinstance(body.get("replies"), list):
+        raise ValueError("the reply envelope needs inc and replies")
+    return body["inc"], [decode_reply(r) for r in body["replies"]]

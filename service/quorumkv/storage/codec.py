@@ -1,0 +1,41 @@
+"""Compact binary encoding of acceptor states, shared by storage and the peer protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quorumkv.core.acceptor import AcceptorState
+from quorumkv.core.ballot import Ballot
+from quorumkv.core.register import Register
+
+
+def ballot_or_none(raw: Any) -> Ballot | None:
+    return None if raw is None else Ballot.from_wire(raw)
+
+
+def register_to_wire(register: Register) -> list[Any]:
+    version = None if register.version is None else register.version.to_wire()
+    return [register.value, version]
+
+
+def register_from_wire(raw: Any) -> Register:
+    if not (isinstance(raw, list | tuple) and len(raw) == 2):
+        raise ValueError(f"not a register: {raw!r}")
+    value, version = raw
+    if value is not None and not isinstance(value, bytes):
+        raise ValueError("register value must be bytes or null")
+    return Register(value, ballot_or_none(version))
+
+
+def state_to_row(state: AcceptorState) -> tuple[list[Any], bytes | None]:
+    """The state's small fields and its value, stored in separate columns."""
+    version = state.register.version
+    small = [state.promised.to_wire(), state.accepted.to_wire(),
+             None if version is None else version.to_wire()]
+    return small, state.register.value
+
+
+def state_from_row(small: list[Any], value: bytes | None) -> AcceptorState:
+    promised, accepted, version = small
+    return AcceptorState(Ballot.from_wire(promised), Ballot.from_wire(accepted),
+                         Register(value, ballot_or_none(version)))

@@ -1,0 +1,33 @@
+"""In-memory storage: for unit tests, and the deliberately unsafe volatile mode.
+
+`QUORUMKV_UNSAFE_VOLATILE=1` runs a replica on this storage so a restart comes back with
+amnesia under its old identity; the linearizability test uses it to prove that its checker
+catches lost writes. Never use it for data you want to keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from quorumkv.core.acceptor import AcceptorState
+
+
+class MemoryStorage:
+    def __init__(self, meta: Mapping[str, str] | None = None) -> None:
+        self.states: dict[str, AcceptorState] = {}
+        self.meta: dict[str, str] = dict(meta or {})
+        self.commits = 0
+
+    def load(self) -> Iterator[tuple[str, AcceptorState]]:
+        yield from list(self.states.items())
+
+    def commit(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
+        self.states.update(states)
+        self.meta.update(meta)
+        self.commits += 1
+
+    def get_meta(self, name: str) -> str | None:
+        return self.meta.get(name)
+
+    def close(self) -> None:
+        pass
