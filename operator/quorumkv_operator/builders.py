@@ -1,0 +1,246 @@
+"""Pure builders: a KVCluster spec in, the manifests of the objects it owns out.
+
+No I/O and no kopf here, so that every field a user relies on is covered by unit tests and
+a re-run of the operator produces byte-for-byte the same desired state (level-triggered).
+Names: for KVCluster `demo` the operator owns StatefulSet `demo`, headless Service
+`demo-peers`, client Service `demo`, PodDisruptionBudget `demo` and Secret `demo-token`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quorumkv_operator.model import RECLAIM_DELETE, ClusterSpec, tolerated_failures
+from quorumkv_operator.names import API_VERSION, KIND, MANAGER
+
+Manifest = dict[str, Any]
+
+PORT = 8080
+DATA_DIR = "/var/lib/quorumkv"
+TOKEN_DIR = "/etc/quorumkv/token"
+TOKEN_KEY = "token"
+RUN_AS = 10001
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """The labels that select a cluster's pods: stable for the life of the StatefulSet
+    (its selector is immutable), so never add to them."""
+    return {"app.kubernetes.io/name": "quorumkv", "app.kubernetes.io/instance": name}
+
+
+def labels(name: str, component: str = "replica") -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "quorumkv",
+        "app.kubernetes.io/managed-by": MANAGER,
+    }
+
+
+def selector_string(name: str) -> str:
+    """`status.selector` for the scale subresource (label-selector string form)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
+
+
+def peers_service_name(name: str) -> str:
+    return f"{name}-peers"
+
+
+def token_secret_name(name: str) -> str:
+    return f"{name}-token"
+
+
+def owner_reference(spec: ClusterSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": spec.name,
+        "uid": spec.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(spec: ClusterSpec, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": labels(spec.name, component),
+        "ownerReferences": [owner_reference(spec)],
+    }
+
+
+def peer_url(name: str, namespace: str, ordinal: int, cluster_domain: str) -> str:
+    host = f"{name}-{ordinal}.{peers_service_name(name)}.{namespace}.svc.{cluster_domain}"
+    return f"http://{host}:{PORT}"
+
+
+def peers_value(name: str, namespace: str, members: int, cluster_domain: str) -> str:
+    """`QUORUMKV_PEERS`: every member including the pod itself, `ID=URL` comma-separated;
+    node ids are the pod ordinals."""
+    return ",".join(
+        f"{i}={peer_url(name, namespace, i, cluster_domain)}" for i in range(members)
+    )
+
+
+def _container(spec: ClusterSpec, members: int, cluster_domain: str) -> dict[str, Any]:
+    probe = {"httpGet": {"path": "/readyz", "port": "http"}}
+    return {
+        "name": "quorumkv",
+        "image": spec.image,
+        "command": ["quorumkv", "serve"],
+        "env": [
+            {"name": "QUORUMKV_NODE_ID", "valueFrom": {"fieldRef": {
+                "fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}}},
+            {"name": "QUORUMKV_LISTEN", "value": f"0.0.0.0:{PORT}"},
+            {"name": "QUORUMKV_PEERS",
+             "value": peers_value(spec.name, spec.namespace, members, cluster_domain)},
+            {"name": "QUORUMKV_DATA_DIR", "value": DATA_DIR},
+            {"name": "QUORUMKV_AUTH_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"},
+        ],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "readinessProbe": {**probe, "periodSeconds": 2, "timeoutSeconds": 2,
+                           "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                          "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
+        "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                         "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 120},
+        "resources": dict(spec.resources),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
+def volume_claim_template(spec: ClusterSpec, size: str) -> dict[str, Any]:
+    claim: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": size}},
+    }
+    if spec.storage_class is not None:
+        claim["storageClassName"] = spec.storage_class
+    return {"metadata": {"name": "data", "labels": selector_labels(spec.name)}, "spec": claim}
+
+
+def statefulset(
+    spec: ClusterSpec, *, members: int, cluster_domain: str, claim_size: str | None = None,
+) -> Manifest:
+    """The replicas. `members` is the membership the operator may run (it differs from
+    `spec.replicas` while a scale request is refused); `claim_size` is the size already in
+    the existing StatefulSet's claim template, which Kubernetes does not let us change."""
+    pod_labels = labels(spec.name)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(spec, spec.name, "replica"),
+        "spec": {
+            "replicas": members,
+            "serviceName": peers_service_name(spec.name),
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": selector_labels(spec.name)},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Delete" if spec.reclaim_policy == RECLAIM_DELETE else "Retain",
+                "whenScaled": "Retain",
+            },
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 30,
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "affinity": {"podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [{
+                            "weight": 100,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": selector_labels(spec.name)},
+                            },
+                        }],
+                    }},
+                    "containers": [_container(spec, members, cluster_domain)],
+                    "volumes": [
+                        {"name": "token", "secret": {
+                            "secretName": token_secret_name(spec.name), "defaultMode": 0o440}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [volume_claim_template(spec, claim_size or spec.storage_size)],
+        },
+    }
+
+
+def peers_service(spec: ClusterSpec) -> Manifest:
+    """Headless: gives each pod a stable DNS name, published before it is ready so that
+    replicas can find each other while they start."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(spec, peers_service_name(spec.name), "peers"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(spec.name),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def client_service(spec: ClusterSpec) -> Manifest:
+    """What users connect to: any ready replica coordinates a request."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(spec, spec.name, "client"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(spec.name),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def pod_disruption_budget(spec: ClusterSpec, *, members: int) -> Manifest:
+    """Voluntary evictions may take at most the failures a majority tolerates. With 1 or 2
+    members that is 0: a drain then waits for the user, which is the honest answer."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(spec, spec.name, "replica"),
+        "spec": {
+            "maxUnavailable": tolerated_failures(members),
+            "selector": {"matchLabels": selector_labels(spec.name)},
+        },
+    }
+
+
+def token_secret(spec: ClusterSpec, token: str) -> Manifest:
+    """The peer token. Created once (the caller generates `token`); never rewritten, since
+    replicas that disagree on it cannot talk to each other."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(spec, token_secret_name(spec.name), "auth"),
+        "type": "Opaque",
+        "stringData": {TOKEN_KEY: token},
+    }
