@@ -1,0 +1,284 @@
+"""A deterministic simulated network for the pure protocol core.
+
+Acceptors are the real `core.acceptor` functions; clients drive the real `core.proposer`
+state machine (prepare, the one-round-trip accept path, fast reads). The network loses,
+delays, reorders and duplicates messages; acceptors crash and restart (keeping their durable
+state, or — in the deliberately broken mode — forgetting it). Everything comes from one seed.
+
+The checks are exact because every register carries its lineage: each written version records
+the version it was computed from. Then (1) every value chosen by a quorum must descend from
+every value chosen at a lower ballot, and (2) an operation that completed before another
+began must be in the later one's lineage (real-time order, the heart of linearizability).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections import defaultdict
+from typing import Any
+
+from quorumkv.core import acceptor, proposer
+from quorumkv.core.acceptor import INITIAL, AcceptorState
+from quorumkv.core.ballot import Ballot
+from quorumkv.core.changes import Change, Delete, Identity, Put
+from quorumkv.core.messages import Accept, Prepare, Read, Reply, Request
+from quorumkv.core.quorum import Config
+
+
+@dataclasses.dataclass
+class Faults:
+    loss: float = 0.0
+    duplicate: float = 0.0
+    max_delay: int = 10
+    crash_rate: float = 0.0  # per tick, per acceptor
+    downtime: int = 50
+    amnesia: bool = False  # BROKEN on purpose: a restarted acceptor forgets everything
+
+
+@dataclasses.dataclass
+class OpRecord:
+    client: int
+    key: str
+    change: Change
+    invoked: int
+    completed: int | None = None
+    outcome: str = "pending"  # ok | indeterminate | failed
+    version: Ballot | None = None  # the register version the op observed or produced
+
+
+@dataclasses.dataclass
+class ClientState:
+    index: int
+    node: str
+    ops_left: int
+    op: OpRecord | None = None
+    proposal: proposer.Proposal | None = None
+    deadline: int = 0
+    retry_at: int | None = None
+    cache: dict[str, tuple[Ballot, Any]] = dataclasses.field(default_factory=dict)
+    last_etag: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    attempts: int = 0
+    fast_base: Any = None  # the cached register a one-round-trip accept was computed from
+
+
+class Simulation:
+    def __init__(self, seed: int, acceptors: int, clients: int, ops: int, keys: int,
+                 faults: Faults) -> None:
+        self.rng = random.Random(seed)
+        self.nodes = [f"n{i}" for i in range(acceptors)]
+        self.config = Config(1, frozenset(self.nodes))
+        self.faults = faults
+        self.state: dict[str, dict[str, AcceptorState]] = {n: {} for n in self.nodes}
+        self.down_until: dict[str, int] = {}
+        self.keys = [f"k{i}" for i in range(keys)]
+        self.clients = [ClientState(i, f"c{i}", ops) for i in range(clients)]
+        self.queue: list[tuple[int, int, tuple[Any, ...]]] = []
+        self.seq = 0
+        self.now = 0
+        self.history: list[OpRecord] = []
+        self.parent: dict[tuple[str, Ballot], Ballot | None] = {}
+        self.accepted_at: dict[tuple[str, Ballot], tuple[Any, set[str]]] = {}
+        self.chosen: dict[str, list[tuple[Ballot, Ballot | None]]] = defaultdict(list)
+        self.values = 0
+        self.problems: list[str] = []
+
+    # -- network ---------------------------------------------------------------------------
+    def send(self, event: tuple[Any, ...]) -> None:
+        if self.rng.random() < self.faults.loss:
+            return
+        copies = 2 if self.rng.random() < self.faults.duplicate else 1
+        for _ in range(copies):
+            self.seq += 1
+            at = self.now + 1 + self.rng.randrange(self.faults.max_delay)
+            heapq.heappush(self.queue, (at, self.seq, event))
+
+    def is_down(self, node: str) -> bool:
+        return self.down_until.get(node, -1) > self.now
+
+    # -- acceptors -------------------------------------------------------------------------
+    def deliver_request(self, client: int, node: str, request: Request) -> None:
+        if self.is_down(node):
+            return
+        states = self.state[node]
+        state = states.get(request.key, INITIAL)
+        reply: Reply
+        if isinstance(request, Read):
+            reply = acceptor.Promise(state.accepted, state.register)
+        elif isinstance(request, Prepare):
+            state, reply = acceptor.prepare(state, request.ballot)
+        else:
+            state, reply = acceptor.accept(state, request.ballot, request.register,
+                                           request.next_promise)
+            if isinstance(reply, acceptor.Accepted):
+                self.note_accept(node, request)
+        states[request.key] = state
+        self.send(("reply", client, node, request, reply))
+
+    def note_accept(self, node: str, request: Accept) -> None:
+        slot = (request.key, request.ballot)
+        register, nodes = self.accepted_at.setdefault(slot, (request.register, set()))
+        if register != request.register:
+            self.problems.append(f"{request.key}: two values accepted at {request.ballot}")
+            return
+        before = self.config.is_quorum(nodes)
+        nodes.add(node)
+        if not before and self.config.is_quorum(nodes):
+            self.chosen[request.key].append((request.ballot, request.register.version))
+
+    def maybe_crash(self) -> None:
+        for node in self.nodes:
+            if self.is_down(node) or self.rng.random() >= self.faults.crash_rate:
+                continue
+            down = sum(self.is_down(n) for n in self.nodes)
+            if (down + 1) * 2 >= len(self.nodes) + 1 and down + 1 > (len(self.nodes) - 1) // 2:
+                continue  # keep a majority up so the run makes progress
+            self.down_until[node] = self.now + self.faults.downtime
+            if self.faults.amnesia:
+                self.state[node] = {}
+
+    # -- clients ---------------------------------------------------------------------------
+    def new_change(self, client: ClientState, key: str) -> Change:
+        roll = self.rng.random()
+        self.values += 1
+        value = f"{client.node}-{self.values}".encode()
+        etag = client.last_etag.get(key)
+        if roll < 0.35:
+            return Put(value)
+        if roll < 0.5 and etag:
+            return Put(value, if_match=etag)
+        if roll < 0.6:
+            return Put(value, create_only=True)
+        if roll < 0.7:
+            return Delete(if_match=etag if self.rng.random() < 0.5 else None)
+        return Identity()
+
+    def start_op(self, client: ClientState) -> None:
+        key = self.rng.choice(self.keys)
+        change = self.new_change(client, key)
+        client.op = OpRecord(client.index, key, change, self.now)
+        client.deadline = self.now + 400
+        client.attempts = 0
+        self.history.append(client.op)
+        cached = client.cache.pop(key, None)
+        if isinstance(change, Identity):
+            client.proposal, send = proposer.begin_read(key, self.config, client.node, 1,
+                                                        Ballot(0, "", 0))
+        elif cached is not None and self.rng.random() < 0.7:
+            client.fast_base = cached[1]
+            client.proposal, send = proposer.begin_accept(
+                key, change, self.config, client.node, 1, cached[0], cached[1])
+        else:
+            client.proposal, send = proposer.begin_prepare(
+                key, change, self.config, client.node, 1, Ballot(0, "", 0))
+        self.broadcast(client, send.message)
+
+    def broadcast(self, client: ClientState, message: Request) -> None:
+        if isinstance(message, Accept) and message.register.version == message.ballot:
+            assert client.proposal is not None
+            best = client.proposal.best
+            base = best.register if best is not None else client.fast_base
+            self.parent[(message.key, message.ballot)] = base.version
+        for node in self.nodes:
+            self.send(("request", client.index, node, message))
+
+    def finish(self, client: ClientState, outcome: str, version: Ballot | None = None) -> None:
+        assert client.op is not None
+        client.op.completed = self.now
+        client.op.outcome = outcome
+        client.op.version = version
+        client.op = None
+        client.proposal = None
+        client.fast_base = None
+        client.retry_at = None
+        client.ops_left -= 1
+
+    def deliver_reply(self, index: int, node: str, request: Request, reply: Reply) -> None:
+        client = self.clients[index]
+        if client.proposal is None or client.retry_at is not None:
+            return
+        client.proposal, action = proposer.on_reply(client.proposal, node, request, reply)
+        self.act(client, action)
+
+    def act(self, client: ClientState, action: proposer.Action) -> None:
+        assert client.op is not None and client.proposal is not None
+        key = client.op.key
+        if isinstance(action, proposer.Send):
+            self.broadcast(client, action.message)
+        elif isinstance(action, proposer.Done):
+            if action.next_ballot is not None:
+                client.cache[key] = (action.next_ballot, action.register)
+            client.last_etag[key] = action.register.etag
+            self.finish(client, "ok", action.register.version)
+        elif isinstance(action, proposer.Retry):
+            client.attempts += 1
+            client.retry_at = self.now + self.rng.randrange(1, 5 * 2 ** min(client.attempts, 6))
+            client.proposal = client.proposal._replace(highest_seen=action.highest_seen)
+        elif isinstance(action, proposer.Indeterminate):
+            self.finish(client, "indeterminate")
+
+    def tick_client(self, client: ClientState) -> None:
+        if client.op is None:
+            if client.ops_left > 0 and self.rng.random() < 0.3:
+                self.start_op(client)
+            return
+        assert client.proposal is not None
+        if self.now >= client.deadline:
+            accepted = client.proposal.phase is proposer.Phase.ACCEPT
+            self.finish(client, "indeterminate" if accepted else "failed")
+        elif client.retry_at is not None and self.now >= client.retry_at:
+            client.retry_at = None
+            prop = client.proposal
+            client.proposal, send = proposer.begin_prepare(
+                prop.key, prop.change, self.config, client.node, 1, prop.highest_seen)
+            self.broadcast(client, send.message)
+
+    # -- run -------------------------------------------------------------------------------
+    def run(self, max_ticks: int = 200_000) -> None:
+        while self.now < max_ticks:
+            if all(c.ops_left == 0 and c.op is None for c in self.clients):
+                return
+            self.maybe_crash()
+            for client in self.clients:
+                self.tick_client(client)
+            while self.queue and self.queue[0][0] <= self.now:
+                _, _, event = heapq.heappop(self.queue)
+                if event[0] == "request":
+                    self.deliver_request(event[1], event[2], event[3])
+                elif not self.is_down(event[2]):
+                    self.deliver_reply(event[1], event[2], event[3], event[4])
+            self.now += 1
+        raise AssertionError("the simulation did not finish")
+
+    # -- checks ----------------------------------------------------------------------------
+    def lineage(self, key: str, version: Ballot | None) -> set[Ballot | None]:
+        seen: set[Ballot | None] = {None}
+        while version is not None and version not in seen:
+            seen.add(version)
+            version = self.parent.get((key, version))
+        return seen
+
+    def violations(self) -> list[str]:
+        problems = list(self.problems)
+        for key, chosen in self.chosen.items():
+            ordered = sorted(chosen)
+            for (b1, v1), (b2, v2) in zip(ordered, ordered[1:]):
+                if v1 not in self.lineage(key, v2):
+                    problems.append(f"{key}: value chosen at {b2} ({v2}) does not descend from "
+                                    f"the one chosen at {b1} ({v1})")
+        done = [op for op in self.history if op.outcome == "ok"]
+        for a in done:
+            for b in done:
+                if a.key == b.key and a.completed is not None and a.completed < b.invoked \
+                        and a.version not in self.lineage(b.key, b.version):
+                    problems.append(f"{a.key}: op at t={b.invoked} saw {b.version}, missing "
+                                    f"{a.version} completed at t={a.completed}")
+        return problems
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for op in self.history:
+            counts[op.outcome] += 1
+        counts["chosen"] = sum(len(c) for c in self.chosen.values())
+        return dict(counts)

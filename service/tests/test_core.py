@@ -1,0 +1,196 @@
+"""Unit tests of the pure protocol core: ballots, change functions, acceptor, proposer."""
+
+from __future__ import annotations
+
+from quorumkv.core import acceptor, proposer
+from quorumkv.core.acceptor import INITIAL, Accepted, Conflict, Promise
+from quorumkv.core.ballot import ZERO, Ballot
+from quorumkv.core.changes import Delete, Identity, Outcome, Put, apply_change
+from quorumkv.core.keys import InvalidKey, decode_key
+from quorumkv.core.messages import Accept, Prepare, Read
+from quorumkv.core.quorum import Config
+from quorumkv.core.register import EMPTY, Register, etag_matches
+
+import pytest
+
+B1 = Ballot(1, "a", 1)
+B2 = Ballot(2, "b", 1)
+CONFIG = Config(1, frozenset({"a", "b", "c"}))
+
+
+def test_ballot_next_is_greater_and_owned() -> None:
+    assert ZERO.next("a", 1) == Ballot(0, "a", 1)
+    assert Ballot(5, "z", 3).next("a", 1) == Ballot(6, "a", 1)
+    assert Ballot(5, "a", 1).next("a", 2) == Ballot(5, "a", 2)
+    for seen in (ZERO, B1, B2, Ballot(7, "c", 9)):
+        assert seen.next("b", 4) > seen
+
+
+def test_ballot_wire_round_trip_and_rejects_garbage() -> None:
+    assert Ballot.from_wire(list(B2.to_wire())) == B2
+    for bad in (None, [1, 2], [1, "a", "x"], ["1", "a", 1], "x"):
+        with pytest.raises(ValueError):
+            Ballot.from_wire(bad)
+
+
+def test_put_create_replace_and_preconditions() -> None:
+    created, outcome = apply_change(Put(b"v"), EMPTY, B1)
+    assert outcome is Outcome.CREATED and created == Register(b"v", B1)
+    replaced, outcome = apply_change(Put(b"w"), created, B2)
+    assert outcome is Outcome.REPLACED and replaced.version == B2
+    same, outcome = apply_change(Put(b"x", create_only=True), created, B2)
+    assert outcome is Outcome.PRECONDITION_FAILED and same == created
+    same, outcome = apply_change(Put(b"x", if_match='"stale"'), created, B2)
+    assert outcome is Outcome.PRECONDITION_FAILED
+    cas, outcome = apply_change(Put(b"x", if_match=created.etag), created, B2)
+    assert outcome is Outcome.REPLACED and cas.value == b"x"
+
+
+def test_delete_leaves_versioned_tombstone_and_404s_when_absent() -> None:
+    tomb, outcome = apply_change(Delete(), Register(b"v", B1), B2)
+    assert outcome is Outcome.DELETED and tomb == Register(None, B2) and not tomb.exists
+    again, outcome = apply_change(Delete(), tomb, Ballot(3, "a", 1))
+    assert outcome is Outcome.NOT_FOUND and again == tomb
+    _, outcome = apply_change(Put(b"x", create_only=True), tomb, Ballot(3, "a", 1))
+    assert outcome is Outcome.CREATED
+
+
+def test_identity_keeps_version() -> None:
+    reg = Register(b"v", B1)
+    assert apply_change(Identity(), reg, B2) == (reg, Outcome.READ)
+
+
+def test_etag_matching() -> None:
+    reg = Register(b"v", B1)
+    assert etag_matches(reg.etag or "", reg)
+    assert etag_matches("*", reg)
+    assert etag_matches(f'"x", {reg.etag}', reg)
+    assert not etag_matches("W/" + (reg.etag or ""), reg)
+    assert not etag_matches("*", EMPTY)
+
+
+def test_acceptor_promises_only_higher_ballots() -> None:
+    state, reply = acceptor.prepare(INITIAL, B1)
+    assert reply == Promise(ZERO, EMPTY) and state.promised == B1
+    same, reply = acceptor.prepare(state, B1)
+    assert isinstance(reply, Conflict) and same is state
+
+
+def test_acceptor_accepts_promised_and_piggybacks_next_promise() -> None:
+    state, _ = acceptor.prepare(INITIAL, B1)
+    nxt = B1.next("a", 1)
+    state, reply = acceptor.accept(state, B1, Register(b"v", B1), nxt)
+    assert reply == Accepted() and state.accepted == B1 and state.promised == nxt
+    # the piggy-backed promise lets the next accept in without a prepare
+    state2, reply = acceptor.accept(state, nxt, Register(b"w", nxt), nxt.next("a", 1))
+    assert reply == Accepted() and state2.register.value == b"w"
+    # a lower ballot is refused with the highest ballot seen
+    _, reply = acceptor.accept(state, B1, Register(b"x", B1), None)
+    assert reply == Conflict(nxt)
+
+
+def test_key_decoding() -> None:
+    assert decode_key("a%2Fb") == "a/b"
+    assert decode_key("%E2%82%AC") == "€"
+    for bad in ("", "%", "%zz", "%E2%82", "x" * 1025, "%FF"):
+        with pytest.raises(InvalidKey):
+            decode_key(bad)
+    assert decode_key("k" * 1024) == "k" * 1024
+
+
+def test_quorums_simple_and_joint() -> None:
+    assert CONFIG.is_quorum({"a", "b"}) and not CONFIG.is_quorum({"a"})
+    assert not CONFIG.is_quorum({"a", "x", "y"})
+    joint = Config(2, frozenset({"a", "b", "c"}), frozenset({"c", "d", "e"}))
+    assert not joint.is_quorum({"a", "b"})
+    assert not joint.is_quorum({"d", "e"})
+    assert joint.is_quorum({"a", "c", "d"})
+
+
+def _promise(state: Register, ballot: Ballot = ZERO) -> Promise:
+    return Promise(ballot, state)
+
+
+def test_proposer_write_happy_path() -> None:
+    prop, send = proposer.begin_prepare("k", Put(b"v"), CONFIG, "a", 1, ZERO)
+    assert isinstance(send.message, Prepare)
+    prop, action = proposer.on_reply(prop, "a", send.message, _promise(EMPTY))
+    assert isinstance(action, proposer.Continue)
+    prop, action = proposer.on_reply(prop, "b", send.message, _promise(EMPTY))
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Accept)
+    accept = action.message
+    assert accept.register.value == b"v"
+    prop, action = proposer.on_reply(prop, "a", accept, Accepted())
+    prop, action = proposer.on_reply(prop, "c", accept, Accepted())
+    assert isinstance(action, proposer.Done) and action.outcome is Outcome.CREATED
+    assert action.next_ballot is not None and action.next_ballot > accept.ballot
+
+
+def test_proposer_adopts_highest_accepted_value() -> None:
+    prop, send = proposer.begin_prepare("k", Identity(), CONFIG, "a", 1, B2)
+    old, new = Register(b"old", B1), Register(b"new", B2)
+    prop, _ = proposer.on_reply(prop, "a", send.message, Promise(B2, new))
+    prop, action = proposer.on_reply(prop, "b", send.message, Promise(B1, old))
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Accept)
+    assert action.message.register == new
+
+
+def test_proposer_ignores_stale_duplicate_and_foreign_replies() -> None:
+    prop, send = proposer.begin_prepare("k", Put(b"v"), CONFIG, "a", 1, ZERO)
+    prop, _ = proposer.on_reply(prop, "a", send.message, _promise(EMPTY))
+    prop, action = proposer.on_reply(prop, "a", send.message, _promise(EMPTY))  # duplicate
+    assert isinstance(action, proposer.Continue)
+    prop, action = proposer.on_reply(prop, "zz", send.message, _promise(EMPTY))  # not a voter
+    assert isinstance(action, proposer.Continue)
+    other = Prepare("k", Ballot(99, "a", 1))
+    prop, action = proposer.on_reply(prop, "b", other, _promise(EMPTY))  # older phase
+    assert isinstance(action, proposer.Continue)
+
+
+def test_prepare_rejected_by_majority_retries_above_highest_seen() -> None:
+    prop, send = proposer.begin_prepare("k", Put(b"v"), CONFIG, "a", 1, ZERO)
+    high = Ballot(10, "c", 3)
+    prop, action = proposer.on_reply(prop, "b", send.message, Conflict(high))
+    assert isinstance(action, proposer.Continue)
+    prop, action = proposer.on_reply(prop, "c", send.message, Conflict(high))
+    assert action == proposer.Retry(high)
+
+
+def _in_accept_phase() -> tuple[proposer.Proposal, Accept]:
+    prop, send = proposer.begin_prepare("k", Put(b"v"), CONFIG, "a", 1, ZERO)
+    prop, _ = proposer.on_reply(prop, "a", send.message, _promise(EMPTY))
+    prop, action = proposer.on_reply(prop, "b", send.message, _promise(EMPTY))
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Accept)
+    return prop, action.message
+
+
+def test_accept_partly_accepted_then_refused_is_indeterminate_never_retried() -> None:
+    prop, accept = _in_accept_phase()
+    prop, _ = proposer.on_reply(prop, "a", accept, Accepted())
+    prop, action = proposer.on_reply(prop, "b", accept, Conflict(B2))
+    assert isinstance(action, proposer.Continue)
+    prop, action = proposer.on_reply(prop, "c", accept, Conflict(B2))
+    assert isinstance(action, proposer.Indeterminate)
+
+
+def test_accept_refused_by_every_voter_may_retry() -> None:
+    prop, accept = _in_accept_phase()
+    for node in ("a", "b"):
+        prop, action = proposer.on_reply(prop, node, accept, Conflict(B2))
+    assert isinstance(action, proposer.Continue)  # c might still accept: wait for it
+    prop, action = proposer.on_reply(prop, "c", accept, Conflict(B2))
+    assert action == proposer.Retry(B2)
+
+
+def test_fast_read_needs_agreeing_quorum_else_writes_back() -> None:
+    reg = Register(b"v", B1)
+    prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
+    assert isinstance(send.message, Read)
+    prop, _ = proposer.on_reply(prop, "a", send.message, Promise(B1, reg))
+    prop, action = proposer.on_reply(prop, "b", send.message, Promise(B1, reg))
+    assert isinstance(action, proposer.Done) and action.register == reg
+    prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
+    prop, _ = proposer.on_reply(prop, "a", send.message, Promise(B1, reg))
+    prop, action = proposer.on_reply(prop, "b", send.message, Promise(ZERO, EMPTY))
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
+    assert action.message.ballot > B1
