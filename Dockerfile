@@ -15,6 +15,13 @@
 # change rebuilds and ships a layer of a few hundred KB instead of the whole venv.
 ARG BASE_IMAGE=python:3.12-slim
 
+# ------------------------------------------------ reqs: the requirement list from pyproject.toml
+FROM ${BASE_IMAGE} AS reqs
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c 'import tomllib; d = tomllib.load(open("/tmp/pyproject.toml", "rb")); \
+print("\n".join(d["build-system"]["requires"] + d["project"]["dependencies"]))' \
+    > /tmp/requirements.txt
+
 # ------------------------------------------------ deps: venv with the dependencies + build tools
 FROM ${BASE_IMAGE} AS deps
 ARG PIP_INSTALL_ARGS=""
@@ -24,11 +31,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 # Empty (only .gitkeep) unless an offline build filled it; harmless otherwise.
 COPY e2e/image/wheels/ /wheels/
-# Requirements come from pyproject.toml alone, so editing the source keeps this layer cached.
-COPY pyproject.toml /tmp/pyproject.toml
-RUN python3 -c 'import tomllib; d = tomllib.load(open("/tmp/pyproject.toml", "rb")); \
-print("\n".join(d["build-system"]["requires"] + d["project"]["dependencies"]))' \
-    > /tmp/requirements.txt
+# Only the requirement list, not pyproject.toml: Docker's cache keys on the copied content,
+# so edits elsewhere in pyproject.toml (or in the source) keep the dependency layer cached.
+COPY --from=reqs /tmp/requirements.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/quorumkv \
  && /opt/quorumkv/bin/pip install ${PIP_INSTALL_ARGS} -r /tmp/requirements.txt \
  && /opt/quorumkv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
