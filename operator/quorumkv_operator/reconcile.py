@@ -26,8 +26,18 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _sts_replicas(sts: Mapping[str, Any] | None) -> int | None:
-    return None if sts is None else int((sts.get("spec") or {}).get("replicas") or 0)
+def sts_members(sts: Mapping[str, Any] | None) -> int | None:
+    """The membership an existing StatefulSet runs: the entries of its QUORUMKV_PEERS (what
+    the replicas were started with), not `spec.replicas`, which `kubectl scale sts` or an
+    HPA may have changed behind our back (that is drift, undone by the next reconcile)."""
+    if sts is None:
+        return None
+    pod = ((sts.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in pod.get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == "QUORUMKV_PEERS" and env.get("value"):
+                return len([p for p in str(env["value"]).split(",") if p.strip()])
+    return int((sts.get("spec") or {}).get("replicas") or 0) or None
 
 
 def _claim_size(sts: Mapping[str, Any] | None) -> str | None:
@@ -43,7 +53,7 @@ def _claim_size(sts: Mapping[str, Any] | None) -> str | None:
 def decide_scaling(body: Mapping[str, Any], sts: Mapping[str, Any] | None,
                    requested: int) -> scaling.ScalingDecision:
     recorded = (body.get("status") or {}).get("replicas")
-    return scaling.decide(requested=requested, current_members=_sts_replicas(sts),
+    return scaling.decide(requested=requested, current_members=sts_members(sts),
                           recorded_members=int(recorded) if recorded else None)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from conftest import kvcluster
-from quorumkv_operator.reconcile import _claim_size, decide_scaling
+from quorumkv_operator import builders
+from quorumkv_operator.model import ClusterSpec
+from quorumkv_operator.reconcile import _claim_size, decide_scaling, sts_members
 from quorumkv_operator.scaling import decide
 
 
@@ -44,3 +46,14 @@ def test_decide_from_objects() -> None:
     assert d.blocked and d.members == 3
     assert _claim_size(sts) == "1Gi"
     assert _claim_size(None) is None
+
+
+def test_membership_is_read_from_the_peer_list_not_spec_replicas() -> None:
+    """`kubectl scale sts` is drift, not a membership change: the peer list decides."""
+    spec = ClusterSpec.from_body(kvcluster(spec={"replicas": 3}), "img")
+    sts = builders.statefulset(spec, members=3, cluster_domain="cluster.local")
+    sts["spec"]["replicas"] = 5
+    assert sts_members(sts) == 3
+    d = decide_scaling(kvcluster(spec={"replicas": 3}), sts, 3)
+    assert not d.blocked and d.members == 3
+    assert sts_members(None) is None
