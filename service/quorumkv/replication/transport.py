@@ -9,6 +9,7 @@ fast instead of waiting on it; a heartbeat brings it back.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ log = logging.getLogger("quorumkv.transport")
 
 BATCH_PATH = "/internal/v1/batch"
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # values per batch; one larger value still goes alone
+LARGE_BODY = 1024 * 1024
 DOWN_BACKOFF = 0.5  # seconds a failed peer is skipped before it is tried again
 
 
@@ -123,8 +125,10 @@ class PeerLink:
         """Post one batch and return its replies; raises `PeerUnavailable`."""
         body = pack_envelope(self._membership.node_id, self._membership.incarnation,
                              self._membership.config.epoch, msgs)
+        # aiohttp warns that large bytes bodies block the loop; a stream does not
+        data: bytes | io.BytesIO = io.BytesIO(body) if len(body) > LARGE_BODY else body
         try:
-            async with self._session.post(self.url, data=body, headers=self._headers,
+            async with self._session.post(self.url, data=data, headers=self._headers,
                                           timeout=self._timeout) as resp:
                 data = await resp.read()
                 if resp.status == 409:

@@ -1,0 +1,118 @@
+"""Real `quorumkv serve` processes on loopback, with real faults: kill -9, SIGSTOP, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Replicas:
+    """A cluster of N replica processes; logs go to files in the data root."""
+
+    def __init__(self, root: Path, count: int, *, token: str | None = None,
+                 env: dict[str, str] | None = None, request_timeout: float = 2.5) -> None:
+        self.root = root
+        self.ports = free_ports(count)
+        self.urls = {str(i): f"http://127.0.0.1:{p}" for i, p in enumerate(self.ports)}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = {**os.environ, **(env or {})}
+        self.token_file: Path | None = None
+        self.request_timeout = request_timeout
+        if token is not None:
+            self.token_file = root / "token"
+            self.token_file.write_text(token)
+
+    def command(self, node: str) -> list[str]:
+        cmd = [sys.executable, "-m", "quorumkv", "serve", "--node-id", node,
+               "--listen", self.urls[node].removeprefix("http://"),
+               "--data-dir", str(self.data_dir(node)),
+               "--request-timeout", str(self.request_timeout)]
+        for other, url in self.urls.items():
+            cmd += ["--peer", f"{other}={url}"]
+        if self.token_file is not None:
+            cmd += ["--auth-token-file", str(self.token_file)]
+        return cmd
+
+    def data_dir(self, node: str) -> Path:
+        return self.root / f"node-{node}"
+
+    def start(self, node: str) -> None:
+        log = open(self.root / f"node-{node}.log", "ab")  # noqa: SIM115 - owned by the process
+        self.procs[node] = subprocess.Popen(self.command(node), stdout=log, stderr=log,
+                                            env=self.env)
+        log.close()
+
+    def start_all(self) -> None:
+        for node in self.urls:
+            self.start(node)
+        self.wait_ready(list(self.urls))
+
+    def kill(self, node: str) -> None:
+        proc = self.procs.pop(node)
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+
+    def pause(self, node: str) -> None:
+        self.procs[node].send_signal(signal.SIGSTOP)
+
+    def resume(self, node: str) -> None:
+        self.procs[node].send_signal(signal.SIGCONT)
+
+    def status(self, node: str, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.urls[node] + path, timeout=2) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return 0
+
+    def wait_ready(self, nodes: list[str], timeout: float = 30.0) -> None:
+        self.wait_for("/readyz", nodes, timeout)
+
+    def wait_alive(self, nodes: list[str], timeout: float = 30.0) -> None:
+        self.wait_for("/healthz", nodes, timeout)
+
+    def wait_for(self, path: str, nodes: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for node in nodes:
+            while self.status(node, path) != 200:
+                proc = self.procs.get(node)
+                if proc is not None and proc.poll() is not None:
+                    raise AssertionError(f"replica {node} exited: {self.log(node)[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"replica {node} not ready: {self.log(node)[-2000:]}")
+                time.sleep(0.1)
+
+    def log(self, node: str) -> str:
+        path = self.root / f"node-{node}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for node in list(self.procs):
+            proc = self.procs.pop(node)
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

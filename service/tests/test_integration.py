@@ -1,0 +1,229 @@
+"""Real replica processes on loopback: the API's semantics, and survival of real faults."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from replicas import Replicas
+from yarl import URL
+
+from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
+
+pytestmark = pytest.mark.integration
+
+
+async def test_crud_and_compare_and_set_through_different_replicas(cluster: Replicas) -> None:
+    a, b, c = (Client(url, timeout=5) for url in cluster.urls.values())
+    try:
+        created = await a.put("user/1 ünïcode", b"\x00\xffbinary")
+        assert created.created
+        got = await b.get("user/1 ünïcode")
+        assert got is not None and got.value == b"\x00\xffbinary" and got.etag == created.etag
+        replaced = await c.put("user/1 ünïcode", b"v2")
+        assert not replaced.created and replaced.etag != created.etag
+        with pytest.raises(PreconditionFailed):
+            await a.put("user/1 ünïcode", b"stale", if_match=created.etag)
+        cas = await b.put("user/1 ünïcode", b"v3", if_match=replaced.etag)
+        assert (await c.get("user/1 ünïcode")).value == b"v3"  # type: ignore[union-attr]
+        with pytest.raises(PreconditionFailed):
+            await a.put("user/1 ünïcode", b"again", create_only=True)
+        with pytest.raises(PreconditionFailed):
+            await a.delete("user/1 ünïcode", if_match=replaced.etag)
+        assert await b.delete("user/1 ünïcode", if_match=cas.etag)
+        assert await c.get("user/1 ünïcode") is None
+        assert not await a.delete("user/1 ünïcode")
+        recreated = await a.put("user/1 ünïcode", b"new", create_only=True)
+        assert recreated.created
+    finally:
+        for client in (a, b, c):
+            await client.close()
+
+
+async def test_reads_do_not_change_the_version(cluster: Replicas) -> None:
+    async with Client(cluster.urls["0"]) as a, Client(cluster.urls["2"]) as c:
+        put = await a.put("k", b"v")
+        for _ in range(5):
+            got = await c.get("k")
+            assert got is not None and got.etag == put.etag
+
+
+async def test_malformed_requests_get_4xx_and_change_nothing(cluster: Replicas) -> None:
+    url = cluster.urls["1"]
+    async with aiohttp.ClientSession() as http:
+        async def status(method: str, path: str, **kw: object) -> tuple[int, dict[str, str]]:
+            target = URL(url + path, encoded=True)  # send the path bytes exactly as written
+            async with http.request(method, target, **kw) as resp:  # type: ignore[arg-type]
+                body = await resp.json(content_type=None) if resp.status >= 400 else {}
+                return resp.status, body
+
+        assert (await status("GET", "/v1/kv/bad%zz"))[0] == 400
+        assert (await status("GET", "/v1/kv/%FF%FE"))[0] == 400
+        assert (await status("GET", "/v1/kv/" + "k" * 1025))[0] == 400
+        code, body = await status("PUT", "/v1/kv/big", data=io.BytesIO(b"x" * (1024 * 1024 + 1)))
+        assert code == 413 and body["error"] == "value_too_large"
+        code, body = await status("PUT", "/v1/kv/x", data=b"v", headers={"If-None-Match": '"a"'})
+        assert code == 400 and "If-None-Match" in body["detail"]
+        assert (await status("POST", "/v1/kv/x"))[0] == 405
+        code, _ = await status("POST", "/internal/v1/batch", data=b"\xc1garbage")
+        assert code == 400
+        assert (await status("GET", "/v1/kv/big"))[0] == 404
+        assert (await status("GET", "/v1/kv/x"))[0] == 404
+    for node in cluster.urls:
+        assert cluster.status(node, "/healthz") == 200
+
+
+async def test_health_metrics_and_cluster_view(cluster: Replicas) -> None:
+    async with Client(cluster.urls["0"]) as client:
+        await client.put("m", b"1")
+        info = await client.cluster()
+    assert info["node_id"] == "0" and info["quorum"] == 2 and info["ready"] is True
+    assert {m["id"] for m in info["members"]} == {"0", "1", "2"}
+    assert all(m["reachable"] for m in info["members"])
+    async with aiohttp.ClientSession() as http, \
+            http.get(cluster.urls["0"] + "/metrics") as resp:
+        text = await resp.text()
+    for metric in ("quorumkv_requests_total", "quorumkv_request_duration_seconds",
+                   "quorumkv_peer_reachable", "quorumkv_commit_duration_seconds",
+                   "quorumkv_peer_batch_messages", "quorumkv_quorum_failures"):
+        assert metric in text
+
+
+async def write_many(url: str, prefix: str, count: int) -> dict[str, bytes]:
+    """Acknowledged writes only: what a client was told succeeded."""
+    acked = {}
+    async with Client(url, timeout=5) as client:
+        for i in range(count):
+            key, value = f"{prefix}{i}", f"value-{i}".encode()
+            try:
+                await client.put(key, value)
+            except Unavailable:
+                continue
+            acked[key] = value
+    return acked
+
+
+async def assert_readable(url: str, acked: dict[str, bytes]) -> None:
+    async with Client(url, timeout=5) as client:
+        for key, value in acked.items():
+            got = await client.get(key)
+            assert got is not None and got.value == value, key
+
+
+async def test_kill_one_replica_writes_continue_nothing_lost(cluster: Replicas) -> None:
+    writer = asyncio.create_task(write_many(cluster.urls["0"], "kill-", 300))
+    await asyncio.sleep(0.3)
+    cluster.kill("2")
+    acked = await writer
+    assert len(acked) >= 290  # at most the writes in flight at the kill may be indeterminate
+    cluster.start("2")
+    cluster.wait_ready(["2"])
+    await assert_readable(cluster.urls["2"], acked)
+    # anti-entropy brings the restarted replica's own copy up to date, not just quorum reads
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        async with Client(cluster.urls["2"]) as client:
+            if (await client.cluster())["keys"] >= len(acked):
+                break
+        await asyncio.sleep(0.5)
+    else:
+        raise AssertionError("replica 2 did not catch up by anti-entropy")
+
+
+async def test_paused_replica_does_not_block_a_majority(cluster: Replicas) -> None:
+    cluster.pause("1")
+    try:
+        started = time.monotonic()
+        acked = await write_many(cluster.urls["0"], "pause-", 100)
+        elapsed = time.monotonic() - started
+        assert len(acked) == 100
+        assert elapsed < 20, f"100 writes took {elapsed:.1f}s with one replica paused"
+        await assert_readable(cluster.urls["2"], acked)
+    finally:
+        cluster.resume("1")
+    await assert_readable(cluster.urls["1"], acked)
+
+
+async def test_majority_lost_answers_503_within_bound(cluster: Replicas) -> None:
+    cluster.kill("1")
+    cluster.pause("2")
+    try:
+        async with Client(cluster.urls["0"], timeout=10) as client:
+            for op in ("put", "get"):
+                started = time.monotonic()
+                with pytest.raises(Unavailable) as caught:
+                    if op == "put":
+                        await client.put("lost", b"v")
+                    else:
+                        await client.get("lost")
+                assert time.monotonic() - started <= 5.0
+                assert caught.value.retry_after >= 1
+        assert cluster.status("0", "/readyz") == 503
+        assert cluster.status("0", "/healthz") == 200
+    finally:
+        cluster.resume("2")
+
+
+async def test_full_restart_keeps_every_acknowledged_write(tmp_path: Path) -> None:
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        acked = await write_many(replicas.urls["1"], "durable-", 200)
+        assert len(acked) == 200
+        for node in list(replicas.procs):
+            replicas.kill(node)  # kill -9 all: only what was fsynced survives
+        replicas.start_all()
+        await assert_readable(replicas.urls["0"], acked)
+    finally:
+        replicas.stop_all()
+
+
+async def test_replica_that_lost_its_disk_does_not_vote(cluster: Replicas) -> None:
+    acked = await write_many(cluster.urls["0"], "disk-", 20)
+    cluster.kill("2")
+    shutil.rmtree(cluster.data_dir("2"))
+    cluster.start("2")
+    cluster.wait_alive(["2"])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        async with Client(cluster.urls["2"]) as client:
+            info = await client.cluster()
+        if "incarnation" in info["reason"]:
+            break
+        await asyncio.sleep(0.3)
+    assert "incarnation" in info["reason"] and not info["ready"]
+    assert cluster.status("2", "/readyz") == 503
+    # with only one voter left among the healthy ones, writes need 0 and 1 both
+    await assert_readable(cluster.urls["0"], acked)
+    cluster.kill("1")
+    async with Client(cluster.urls["0"], timeout=10) as client:
+        with pytest.raises(Unavailable):
+            await client.put("disk-0", b"must not be acknowledged by 0 and a stranger")
+
+
+async def test_peer_endpoints_need_the_token(tmp_path: Path) -> None:
+    replicas = Replicas(tmp_path, 3, token="s3cret")
+    try:
+        replicas.start_all()
+        async with Client(replicas.urls["0"]) as client:
+            await client.put("t", b"v")
+            assert (await client.get("t")).value == b"v"  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as http:
+            url = replicas.urls["1"] + "/internal/v1/batch"
+            async with http.post(url, data=b"x") as resp:
+                assert resp.status == 401
+            async with http.post(url, data=b"x", headers={"Authorization": "Bearer no"}) as r:
+                assert r.status == 401
+    finally:
+        replicas.stop_all()
+
+
+async def test_client_error_type_for_unreachable_endpoint() -> None:
+    async with Client("http://127.0.0.1:9", timeout=2) as client:
+        with pytest.raises((aiohttp.ClientError, OSError, QuorumKVError)):
+            await client.get("x")
