@@ -15,7 +15,12 @@ from pathlib import Path
 
 from quorumkv import __version__
 from quorumkv.settings import (
-    DEFAULT_LISTEN, MAX_VALUE_BYTES, ServeSettings, SettingsError, parse_listen, parse_peers,
+    DEFAULT_LISTEN,
+    MAX_VALUE_BYTES,
+    ServeSettings,
+    SettingsError,
+    parse_listen,
+    parse_peers,
     read_token,
 )
 

@@ -1,4 +1,4 @@
-"""`quorumkv local`: N real replica processes on 127.0.0.1, for trying QuorumKV without Kubernetes."""
+"""`quorumkv local`: N real replica processes on 127.0.0.1, to try QuorumKV without Kubernetes."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import random
 from collections import defaultdict
 from typing import Any
@@ -263,7 +264,7 @@ class Simulation:
         problems = list(self.problems)
         for key, chosen in self.chosen.items():
             ordered = sorted(chosen)
-            for (b1, v1), (b2, v2) in zip(ordered, ordered[1:]):
+            for (b1, v1), (b2, v2) in itertools.pairwise(ordered):
                 if v1 not in self.lineage(key, v2):
                     problems.append(f"{key}: value chosen at {b2} ({v2}) does not descend from "
                                     f"the one chosen at {b1} ({v1})")

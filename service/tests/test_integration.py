@@ -10,10 +10,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
 from replicas import Replicas
 from yarl import URL
-
-from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,11 @@ from quorumkv.core.changes import Change, Delete, Outcome, Put
 from quorumkv.core.keys import InvalidKey, decode_key
 from quorumkv.core.register import Register
 from quorumkv.errors import (
-    BadRequest, NotFound, PreconditionFailed, QuorumUnavailable, ValueTooLarge,
+    BadRequest,
+    NotFound,
+    PreconditionFailed,
+    QuorumUnavailable,
+    ValueTooLarge,
 )
 from quorumkv.http.keys import NODE
 

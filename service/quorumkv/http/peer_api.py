@@ -16,10 +16,12 @@ from quorumkv.core.messages import BucketQuery, BucketReply, DigestQuery, Digest
 from quorumkv.errors import BadRequest
 from quorumkv.http.errors import Handler, error_response
 from quorumkv.http.keys import NODE
-
 from quorumkv.replication.transport import BATCH_PATH
 from quorumkv.replication.wire import (
-    Failure, PeerReply, pack_replies, unpack_envelope,
+    Failure,
+    PeerReply,
+    pack_replies,
+    unpack_envelope,
 )
 
 log = logging.getLogger("quorumkv.peer_api")

@@ -167,21 +167,22 @@ class Coordinator:
             else:
                 feed(node, future.result())
 
+        def on_durable(node: str, reply: Reply, future: asyncio.Future[None]) -> None:
+            feed(node, None if future.cancelled() or future.exception() else reply)
+
         for node in voters:
             if node == self._node:
                 reply, durable = self._local.apply(message)
                 if durable is None:
                     loop.call_soon(feed, node, reply)
                 else:
-                    durable.add_done_callback(
-                        lambda f, n=node, r=reply: feed(
-                            n, None if f.cancelled() or f.exception() else r))
+                    durable.add_done_callback(partial(on_durable, node, reply))
                 continue
             link = self._links.get(node)
             if link is None:
                 outstanding[0] -= 1
                 continue
-            link.call(message).add_done_callback(partial(on_done, node))  # type: ignore[arg-type]
+            link.call(message).add_done_callback(partial(on_done, node))
         if outstanding[0] == 0 and not decided.done():
             decided.set_result(None)
         try:

@@ -54,6 +54,7 @@ class LocalAcceptor:
         state = self._states.get(key, INITIAL)
         if isinstance(request, Read):
             return Promise(state.accepted, state.register), self._committer.durable(key)
+        reply: Reply
         if isinstance(request, Prepare):
             new, reply = acceptor.prepare(state, request.ballot)
         else:

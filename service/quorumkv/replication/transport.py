@@ -19,7 +19,11 @@ import aiohttp
 from quorumkv.core.messages import Accept
 from quorumkv.replication.membership import Membership
 from quorumkv.replication.wire import (
-    Failure, PeerReply, PeerRequest, pack_envelope, unpack_replies,
+    Failure,
+    PeerReply,
+    PeerRequest,
+    pack_envelope,
+    unpack_replies,
 )
 
 log = logging.getLogger("quorumkv.transport")

@@ -14,8 +14,17 @@ import msgpack
 from quorumkv.core.acceptor import Accepted, Conflict, Promise
 from quorumkv.core.ballot import Ballot
 from quorumkv.core.messages import (
-    Accept, BucketQuery, BucketReply, DigestQuery, DigestReply, Prepare, Read, Reply, Request,
-    SyncQuery, SyncReply,
+    Accept,
+    BucketQuery,
+    BucketReply,
+    DigestQuery,
+    DigestReply,
+    Prepare,
+    Read,
+    Reply,
+    Request,
+    SyncQuery,
+    SyncReply,
 )
 from quorumkv.replication.digests import BUCKETS
 from quorumkv.storage.codec import ballot_or_none, register_from_wire, register_to_wire
@@ -106,7 +115,8 @@ def decode_reply(raw: Any) -> PeerReply | Failure:
 def pack_envelope(sender: str, incarnation: str, epoch: int, msgs: list[PeerRequest]) -> bytes:
     body = {"from": sender, "inc": incarnation, "epoch": epoch,
             "msgs": [encode_request(m) for m in msgs]}
-    return msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def unpack_envelope(data: bytes) -> Envelope:
@@ -125,7 +135,8 @@ def unpack_envelope(data: bytes) -> Envelope:
 
 def pack_replies(incarnation: str, replies: list[PeerReply | Failure]) -> bytes:
     body = {"inc": incarnation, "replies": [encode_reply(r) for r in replies]}
-    return msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def unpack_replies(data: bytes) -> tuple[str, list[PeerReply | Failure]]:
