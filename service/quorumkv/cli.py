@@ -26,7 +26,7 @@ from quorumkv.settings import (
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:7000"
 
-EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3, 4
+EXIT_USAGE = 2  # as argparse does; the client's own exit codes are in client_cli
 
 
 def _env(name: str, default: str | None = None) -> str | None:

@@ -10,8 +10,10 @@ import sys
 
 import aiohttp
 
-from quorumkv.cli import EXIT_ERROR, EXIT_MISSING, EXIT_OK, EXIT_UNAVAILABLE
 from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
+
+
+EXIT_OK, EXIT_MISSING, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 3, 4
 
 
 async def run_client_command(args: argparse.Namespace) -> int:
