@@ -78,10 +78,28 @@ def kopf_settings(s: Settings) -> kopf.OperatorSettings:
     return ks
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    settings, verbose = parse_args(argv)
+class QuietFilter(logging.Filter):
+    """Drop the per-event success lines of the watch-only handlers and the liveness probe:
+    they would be most of the log and say nothing (one `reconciled` line per cycle does)."""
+
+    NOISY = ("Handler 'seen' succeeded", "Handler 'member_changed' succeeded",
+             "Activity 'watch_freshness' succeeded", "Timer 'resync' succeeded")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOISY)
+
+
+def configure_logging(settings: Settings, verbose: bool) -> None:
     fmt = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=verbose, log_format=fmt)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(QuietFilter())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings, verbose = parse_args(argv)
+    configure_logging(settings, verbose)
     registry = kopf.OperatorRegistry()
     register(registry, settings)
     logging.getLogger(__name__).info(

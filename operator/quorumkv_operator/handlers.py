@@ -78,8 +78,14 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Runtime:
     """Register every handler into `registry`; return the runtime they share."""
     rt = Runtime(settings)
 
-    @kopf.on.startup(registry=registry)
-    async def login(**_: Any) -> None:
+    @kopf.on.login(registry=registry, id="login")
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """kopf's own API access: the same kubeconfig / in-cluster credentials as ours
+        (a custom registry does not get kopf's default login handlers)."""
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry, id="client_config")
+    async def load_client_config(**_: Any) -> None:
         from kubernetes import config
 
         try:
@@ -88,7 +94,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Runtime:
             config.load_kube_config()  # type: ignore[no-untyped-call]
         rt.api()
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
         await rt.stop()
 
@@ -97,20 +103,20 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Runtime:
         patch.status.update(new_status)
         post(body, events)
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
     async def reconcile_kvcluster(body: kopf.Body, patch: kopf.Patch,
                                   logger: Logger, **_: Any) -> None:
         await run(body, patch, logger)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=settings.resync_interval,
-                initial_delay=settings.resync_interval)
+    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="resync",
+                interval=settings.resync_interval, initial_delay=settings.resync_interval)
     async def resync_kvcluster(body: kopf.Body, patch: kopf.Patch,
                                logger: Logger, **_: Any) -> None:
         await run(body, patch, logger)
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="seen")
     async def seen_kvcluster(event: kopf.RawEvent, name: str, namespace: str | None,
                              **_: Any) -> None:
         rt.last_event = time.monotonic()
@@ -119,8 +125,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Runtime:
         else:
             rt.clusters.add((namespace or "", name))
 
-    @kopf.on.event("", "v1", "pods", registry=registry, labels=POD_LABELS)
-    @kopf.on.event("apps", "v1", "statefulsets", registry=registry, labels=POD_LABELS)
+    @kopf.on.event("", "v1", "pods", registry=registry, labels=POD_LABELS, id="member_changed")
+    @kopf.on.event("apps", "v1", "statefulsets", registry=registry, labels=POD_LABELS,
+                   id="member_changed")
     async def member_changed(labels: kopf.Labels, namespace: str | None, logger: Logger,
                              **_: Any) -> None:
         cluster = labels.get("app.kubernetes.io/instance")
