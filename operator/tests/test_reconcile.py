@@ -1,0 +1,94 @@
+"""One reconcile cycle against an in-memory fake of the API (`apply.Kube`'s surface)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from conftest import kvcluster
+from quorumkv_operator import reconcile
+from quorumkv_operator.settings import Settings
+
+LOG = logging.getLogger("test")
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.applied: list[str] = []
+        self.expanded: list[tuple[list[str], str]] = []
+
+    def apply(self, manifest: dict[str, Any]) -> bool:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        self.applied.append(f"{key[0]}/{key[1]}")
+        changed = self.objects.get(key) != manifest
+        self.objects[key] = copy.deepcopy(manifest)
+        return changed
+
+    def ensure_secret(self, manifest: dict[str, Any]) -> bool:
+        name = manifest["metadata"]["name"]
+        if name in self.secrets:
+            return False
+        self.secrets[name] = manifest
+        return True
+
+    def statefulset(self, name: str, namespace: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get(("StatefulSet", name)))
+
+    def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return []
+
+    def expand_claims(self, namespace: str, claims: list[str], size: str) -> list[str]:
+        self.expanded.append((claims, size))
+        return ["data-demo-0: 403 Forbidden"]
+
+
+async def run(kube: FakeKube, body: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    return await reconcile.reconcile(kube, Settings(), body, LOG)  # type: ignore[arg-type]
+
+
+async def test_create_then_rerun_changes_nothing() -> None:
+    kube = FakeKube()
+    st, events = await run(kube, kvcluster(spec={"replicas": 3}))
+    assert [e[1] for e in events] == ["SecretCreated", "Created"]
+    assert st["phase"] == "Pending" and st["replicas"] == 3 and "lastProbeTime" in st
+    token = kube.secrets["demo-token"]["stringData"]["token"]
+    assert len(token) >= 40
+    _, events2 = await run(kube, kvcluster(spec={"replicas": 3}, status=st))
+    assert events2 == []
+    assert kube.secrets["demo-token"]["stringData"]["token"] == token
+
+
+async def test_scale_request_is_refused_and_statefulset_kept() -> None:
+    kube = FakeKube()
+    st, _ = await run(kube, kvcluster(spec={"replicas": 3}))
+    st, events = await run(kube, kvcluster(spec={"replicas": 5}, status=st, generation=2))
+    sts = kube.objects[("StatefulSet", "demo")]
+    assert sts["spec"]["replicas"] == 3
+    assert kube.objects[("PodDisruptionBudget", "demo")]["spec"]["maxUnavailable"] == 1
+    assert st["replicas"] == 3 and st["observedGeneration"] == 2
+    blocked = next(c for c in st["conditions"] if c["type"] == "ScalingBlocked")
+    assert blocked["status"] == "True"
+    assert ("Warning", "MembershipChangeUnsupported") in [(e[0], e[1]) for e in events]
+
+
+async def test_even_replicas_warn_once_at_creation() -> None:
+    kube = FakeKube()
+    st, events = await run(kube, kvcluster(spec={"replicas": 4}))
+    assert ("Warning", "EvenReplicas") in [(e[0], e[1]) for e in events]
+    _, events = await run(kube, kvcluster(spec={"replicas": 4}, status=st))
+    assert "EvenReplicas" not in [e[1] for e in events]
+
+
+async def test_storage_growth_expands_existing_claims() -> None:
+    kube = FakeKube()
+    st, _ = await run(kube, kvcluster(spec={"replicas": 3}))
+    _, events = await run(kube, kvcluster(spec={"replicas": 3, "storage": {"size": "2Gi"}},
+                                          status=st))
+    assert kube.expanded == [(["data-demo-0", "data-demo-1", "data-demo-2"], "2Gi")]
+    sts = kube.objects[("StatefulSet", "demo")]
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"] == {
+        "storage": "1Gi"}
+    assert ("Warning", "VolumeExpansionFailed") in [(e[0], e[1]) for e in events]
