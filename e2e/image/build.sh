@@ -82,12 +82,19 @@ vcs_ref="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknow
 if [ -n "$(git -C "$REPO_ROOT" status --porcelain -- service operator pyproject.toml 2>/dev/null)" ]; then
     vcs_ref="$vcs_ref-dirty"
 fi
+old_id="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
+# The legacy builder works with every engine and needs no buildx plugin (absent here).
 DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build \
     --build-arg BASE_IMAGE="$base" \
     --build-arg PIP_INSTALL_ARGS="--no-index --find-links /wheels" \
     --build-arg VCS_REF="$vcs_ref" \
     -t "$tag" "$REPO_ROOT" >&2 \
     || die "docker build failed"
+new_id="$(docker image inspect -f '{{.Id}}' "$tag")"
+if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+    # The previous build of this tag is now untagged; drop it unless something still uses it.
+    docker rmi "$old_id" >/dev/null 2>&1 || true
+fi
 size="$(docker image inspect -f '{{.Size}}' "$tag")"
 log "built $tag ($((size / 1000000)) MB) in $((SECONDS - start)) s (docker build $((SECONDS - build_start)) s)"
 echo "$tag"
