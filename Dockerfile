@@ -56,13 +56,15 @@ RUN /opt/quorumkv/bin/pip install ${PIP_INSTALL_ARGS} --no-deps --no-build-isola
 
 # ------------------------------------------------ final
 FROM ${BASE_IMAGE}
+# Numeric user, so `runAsNonRoot` can check it. The data dir is also group 0 writable for
+# platforms that run images under an arbitrary uid in group 0 (OpenShift).
 ARG QUORUMKV_UID=10001
 RUN groupadd --gid "${QUORUMKV_UID}" quorumkv \
  && useradd --uid "${QUORUMKV_UID}" --gid "${QUORUMKV_UID}" --no-create-home \
         --home-dir /var/lib/quorumkv --shell /usr/sbin/nologin quorumkv \
  && mkdir -p /var/lib/quorumkv \
- && chown "${QUORUMKV_UID}:${QUORUMKV_UID}" /var/lib/quorumkv \
- && chmod 0750 /var/lib/quorumkv
+ && chown "${QUORUMKV_UID}:0" /var/lib/quorumkv \
+ && chmod 0770 /var/lib/quorumkv
 COPY --from=runtime-deps /opt/quorumkv /opt/quorumkv
 COPY --from=app /opt/quorumkv/app /opt/quorumkv/app
 # HOME=/tmp: the root file system may be read-only; only the data dir and /tmp are written.
