@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -202,10 +203,9 @@ class Cluster:
 
     def spawn(self, cmd: list[str], logname: str, env: dict[str, str] | None = None) -> None:
         logpath = self.workdir / logname
-        fh = open(logpath, "ab")
-        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=env)
-        fh.close()
+        with open(logpath, "ab") as fh:
+            p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         self.procs.append(p)
         self.logs.append(logpath)
 
@@ -214,7 +214,7 @@ class Cluster:
         return {p.pid for p in self.procs}
 
     def check_alive(self) -> None:
-        for p, lg in zip(self.procs, self.logs):
+        for p, lg in zip(self.procs, self.logs, strict=True):
             if p.poll() is not None:
                 tail = lg.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{self.name}: process {p.pid} exited ({p.returncode}); "
@@ -223,19 +223,15 @@ class Cluster:
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGTERM)  # its own session: the group it leads
-                except ProcessLookupError:
-                    pass
         deadline = time.time() + 10
         for p in self.procs:
             try:
                 p.wait(max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 p.wait(5)
 
 
@@ -277,7 +273,7 @@ class Etcd(Cluster):
                 raise RuntimeError("etcd did not become healthy in 60 s")
             time.sleep(0.3)
         for i, c in enumerate(self.client_ports):
-            st, body = http_call("POST", f"127.0.0.1:{c}", "/v3/maintenance/status", b"{}")
+            _, body = http_call("POST", f"127.0.0.1:{c}", "/v3/maintenance/status", b"{}")
             js = json.loads(body)
             if js.get("leader") and js["leader"] == js["header"]["member_id"]:
                 self.leader_index = i
@@ -568,7 +564,8 @@ def profile_run(qkv: QuorumKV, others: set[int], workload: str, opts: argparse.N
         out = outdir / f"{workload}-replica{i}.txt"
         spies.append((subprocess.Popen(
             [pyspy, "record", "--pid", str(pid), "--duration", f"{int(rec)}", "--rate",
-             str(opts.profile_rate), "--format", "raw", "--output", str(out), "--nonblocking"],
+             str(opts.profile_rate), "--format", "raw", "--output", str(out), "--nonblocking",
+             "--threads"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out))
     time.sleep(0.5)
     row = measure(qkv, others, workload, 0, opts, opts.duration, record=False)
@@ -581,11 +578,30 @@ def profile_run(qkv: QuorumKV, others: set[int], workload: str, opts: argparse.N
     return row
 
 
-def summarize_profile(outdir: Path, top: int = 25) -> str:
-    lines = ["# py-spy profile of the QuorumKV replicas under load", ""]
+def _frame_func(frame: str) -> str:
+    """`name (path/file.py:123)` -> `name (path/file.py)`: aggregate a function's lines."""
+    return re.sub(r":\d+\)$", ")", frame)
+
+
+def _frame_area(frame: str) -> str:
+    m = re.search(r"\(([^():]+?)(?::\d+)?\)$", frame)
+    path = m.group(1) if m else frame
+    if path.startswith("quorumkv/"):
+        return path.removesuffix(".py")
+    return path.split("/")[0].removesuffix(".py")
+
+
+def summarize_profile(outdir: Path, top: int = 20, rate: int = 50,
+                      seconds: float = 0.0) -> str:
+    lines = ["# py-spy profile of the QuorumKV replicas under load", "",
+             "Samples are taken only while a thread is running (not idle); a thread that is "
+             f"busy all the time gives {rate} samples/s. Frames are aggregated per function.",
+             ""]
     for f in sorted(outdir.glob("*.txt")):
         self_t: Counter[str] = Counter()
         incl: Counter[str] = Counter()
+        areas: Counter[str] = Counter()
+        per_thread: Counter[str] = Counter()
         total = 0
         for line in f.read_text(errors="replace").splitlines():
             stack, _, n = line.rpartition(" ")
@@ -594,16 +610,34 @@ def summarize_profile(outdir: Path, top: int = 25) -> str:
             cnt = int(n)
             total += cnt
             frames = stack.split(";")
-            if frames:
-                self_t[frames[-1]] += cnt
-            for fr in set(frames):
-                incl[fr] += cnt
+            if frames and frames[0].startswith(("thread (", "process ")):
+                thread = frames[0]
+                frames = frames[1:]
+                if frames and frames[0].startswith("thread ("):
+                    thread = frames[0]
+                    frames = frames[1:]
+                per_thread[thread] += cnt
+            if not frames:
+                continue
+            funcs = [_frame_func(fr) for fr in frames]
+            self_t[funcs[-1]] += cnt
+            areas[_frame_area(frames[-1])] += cnt
+            for fn in set(funcs):
+                incl[fn] += cnt
         if not total:
             continue
-        lines += [f"## {f.stem} ({total} samples)", "", "self time:", "```"]
+        busy = f", about {total / (rate * seconds):.2f} threads busy" if seconds else ""
+        lines += [f"## {f.stem}: {total} samples{busy}", ""]
+        if per_thread:
+            lines += ["threads: " + ", ".join(f"{t} {100 * c / total:.0f}%"
+                                              for t, c in per_thread.most_common(4)), ""]
+        lines += ["self time by area:", "```"]
+        lines += [f"{100 * c / total:5.1f}%  {a}" for a, c in areas.most_common(12)]
+        lines += ["```", "", "self time by function:", "```"]
         lines += [f"{100 * c / total:5.1f}%  {fr}" for fr, c in self_t.most_common(top)]
-        lines += ["```", "", "inclusive:", "```"]
-        lines += [f"{100 * c / total:5.1f}%  {fr}" for fr, c in incl.most_common(top)]
+        lines += ["```", "", "inclusive (QuorumKV functions):", "```"]
+        lines += [f"{100 * c / total:5.1f}%  {fr}" for fr, c in incl.most_common()
+                  if "(quorumkv/" in fr][:top]
         lines += ["```", ""]
     text = "\n".join(lines)
     (outdir / "summary.md").write_text(text)
@@ -817,7 +851,7 @@ def main() -> int:
     clusters: list[Cluster] = []
     rows: list[dict[str, Any]] = []
     profile_rows: list[dict[str, Any]] = []
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     try:
         if "etcd" in opts.system_list:
             etcd = Etcd(workdir, etcd_bin)
@@ -848,7 +882,8 @@ def main() -> int:
                 pdir = Path(opts.profile)
                 for w in opts.workload_list:
                     profile_rows.append(profile_run(q[0], all_pids, w, opts, pdir))
-                print(summarize_profile(pdir))
+                print(summarize_profile(pdir, rate=opts.profile_rate,
+                                        seconds=max(2.0, opts.duration - 1)))
         if opts.hold:
             for c in clusters:
                 log(f"{c.name}: pids {sorted(c.pids)} targets "
@@ -885,7 +920,7 @@ def main() -> int:
     result = {
         "environment": {
             "started": started.isoformat(timespec="seconds"),
-            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host": socket.gethostname(), "cpus": NCPU,
             "kernel": os.uname().release,
             "etcd_version": tool_version([etcd_bin, "--version"]).replace("etcd Version: ", ""),
