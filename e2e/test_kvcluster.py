@@ -127,6 +127,25 @@ def test_pod_loss_degrades_then_recovers_with_data(k: Kubectl, demo: dict[str, f
              what="an AllMembersReady event")
 
 
+def test_replica_crash_shows_in_status_and_recovers(k: Kubectl,
+                                                   demo: dict[str, float]) -> None:
+    """A replica process dying (no API call involved): kubelet restarts the container; the
+    operator learns it from the pod's status change."""
+    value = f"crash-{uuid.uuid4().hex}"
+    retrying(put, k, "demo-0", "e2e/crash", value, what="put before the crash")
+    t0 = time.monotonic()
+    k("exec", "demo-2", "-c", "quorumkv", "--", "sh", "-c", "kill 1", check=False)
+    wait_for(lambda: ((kvc(k) or {}).get("status") or {}).get("readyReplicas", 3) < 3,
+             timeout=REACT_BUDGET, interval=0.2, what="status to show the crashed replica",
+             seen=lambda: summary(kvc(k)))
+    reacted = time.monotonic() - t0
+    wait_for(lambda: is_available(k), timeout=120, what="recovery after the crash",
+             seen=lambda: summary(kvc(k)))
+    print(f"\n[e2e] replica crash reflected in status after {reacted:.1f}s; "
+          f"recovered after {time.monotonic() - t0:.1f}s")
+    assert retrying(get, k, "demo-2", "e2e/crash", what="get after the crash") == value
+
+
 def test_kubectl_scale_is_refused(k: Kubectl, demo: dict[str, float]) -> None:
     before = k.get("statefulset", "demo")
     assert before is not None
