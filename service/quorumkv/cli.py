@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--peer", action="append", metavar="ID=URL",
                        help="a member of the cluster, this one included; repeat for each "
                             "[QUORUMKV_PEERS, comma-separated]")
+    serve.add_argument("--advertise-url", default=_env("QUORUMKV_ADVERTISE_URL"),
+                       help="URL peers use to reach this replica; needed only when it is not "
+                            "in the peer list (a replica added by scaling, which waits to be "
+                            "added as a member) [QUORUMKV_ADVERTISE_URL]")
     serve.add_argument("--data-dir", default=_env("QUORUMKV_DATA_DIR"),
                        help="directory of the replica's durable state [QUORUMKV_DATA_DIR]")
     serve.add_argument("--auth-token-file", default=_env("QUORUMKV_AUTH_TOKEN_FILE"),
@@ -102,14 +106,18 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
     peers = parse_peers(args.peer or [os.environ.get("QUORUMKV_PEERS", "")])
     if not peers:
         peers = {args.node_id: f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"}
-    if args.node_id not in peers:
+    advertise = args.advertise_url or peers.get(args.node_id)
+    if advertise is None:
         raise SettingsError(f"--node-id {args.node_id!r} is not among the peers "
-                            f"({', '.join(peers)}); list every member, this one included")
+                            f"({', '.join(peers)}): list every member, this one included, or "
+                            "give --advertise-url for a replica that joins later")
+    advertise = parse_peers([f"{args.node_id}={advertise}"])[args.node_id]
     if args.request_timeout <= 0 or args.max_value_bytes <= 0:
         raise SettingsError("--request-timeout and --max-value-bytes must be positive")
     return ServeSettings(
         node_id=args.node_id, listen_host=host, listen_port=port, peers=peers,
-        data_dir=Path(args.data_dir), auth_token=read_token(args.auth_token_file),
+        data_dir=Path(args.data_dir), advertise_url=advertise,
+        auth_token=read_token(args.auth_token_file),
         request_timeout=args.request_timeout,
         peer_timeout=min(1.5, args.request_timeout * 0.6),
         max_value_bytes=args.max_value_bytes,

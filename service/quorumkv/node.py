@@ -14,12 +14,12 @@ from typing import Any
 
 import aiohttp
 
-from quorumkv.core.quorum import Config
+from quorumkv.core.quorum import Config, make_config
 from quorumkv.metrics import Metrics
 from quorumkv.replication.antientropy import AntiEntropy
 from quorumkv.replication.coordinator import Coordinator
 from quorumkv.replication.local_acceptor import LocalAcceptor
-from quorumkv.replication.membership import Membership, known_from_meta
+from quorumkv.replication.membership import Membership, config_from_meta, known_from_meta
 from quorumkv.replication.transport import PeerLink
 from quorumkv.settings import ServeSettings
 from quorumkv.storage.base import Storage
@@ -50,6 +50,16 @@ def open_storage(settings: ServeSettings) -> tuple[Storage, str, int]:
     return MemoryStorage({"incarnation": incarnation}), incarnation, boot
 
 
+def bootstrap_config(settings: ServeSettings) -> Config:
+    """Epoch 1 from the peer list, for a data directory that has no configuration yet.
+
+    Every replica of a new cluster derives the same one. A replica added later by scaling is
+    started with the same list, which does not name it: it is not a voter in that config and
+    waits, not ready, until a membership change adds it (and it adopts that configuration).
+    """
+    return make_config(1, settings.peers, None, settings.peers)
+
+
 class Node:
     def __init__(self, settings: ServeSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -57,10 +67,11 @@ class Node:
         storage, self.incarnation, self.boot = open_storage(settings)
         self._committer = GroupCommitter(storage, self.metrics.observe_commit)
         self.local = LocalAcceptor(self._committer, storage.load())
-        voters = frozenset(settings.peers)
+        config = config_from_meta(storage.get_meta) or bootstrap_config(settings)
         self.membership = Membership(
-            settings.node_id, self.incarnation, Config(1, voters), settings.peers,
-            known_from_meta(storage.get_meta, set(voters)), self._committer.stage_meta)
+            settings.node_id, self.incarnation, config,
+            known_from_meta(storage.get_meta, set(config.voters)), self._committer.stage_meta)
+        self.membership.on_change(self._configuration_changed)
         self._session: aiohttp.ClientSession | None = None
         self.links: dict[str, PeerLink] = {}
         self.coordinator: Coordinator | None = None
@@ -71,11 +82,7 @@ class Node:
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True,
                                          local_addr=_source_address(self.settings.listen_host))
         self._session = aiohttp.ClientSession(connector=connector)
-        for peer, url in self.membership.peers().items():
-            self.links[peer] = PeerLink(
-                peer, url, session=self._session, membership=self.membership,
-                token=self.settings.auth_token, timeout=self.settings.peer_timeout,
-                observe=self.metrics.observe_batch)
+        self._link_voters(self.membership.config)
         self.coordinator = Coordinator(
             self.membership, self.boot, self.local, self.links, self.settings.request_timeout,
             observe=lambda path: self.metrics.paths.labels(path).inc())
@@ -87,6 +94,28 @@ class Node:
         log.info("replica started", extra={
             "node": self.settings.node_id, "incarnation": self.incarnation, "boot": self.boot,
             "members": sorted(self.membership.config.voters), "keys": len(self.local)})
+
+    def _link_voters(self, config: Config) -> None:
+        """A link to every voter but us (a change's driver reaches leavers on its own)."""
+        assert self._session is not None
+        for peer in set(self.links) - config.voters:
+            del self.links[peer]
+        for peer, url in config.url_map().items():
+            if peer == self.settings.node_id:
+                continue
+            link = self.links.get(peer)
+            if link is not None and link.base_url == url:
+                continue
+            self.links[peer] = PeerLink(
+                peer, url, session=self._session, membership=self.membership,
+                token=self.settings.auth_token, timeout=self.settings.peer_timeout,
+                observe=self.metrics.observe_batch)
+
+    def _configuration_changed(self, config: Config) -> None:
+        if self._session is not None:
+            self._link_voters(config)
+        if self.coordinator is not None:
+            self.coordinator.forget_promises()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -111,9 +140,16 @@ class Node:
         return {self.settings.node_id} | {p for p, link in self.links.items() if link.reachable}
 
     @property
+    def self_url(self) -> str:
+        return self.settings.advertise_url
+
+    @property
     def readiness(self) -> tuple[bool, str]:
         """Ready when this replica can serve: identity valid, quorum reachable, caught up."""
         config = self.membership.config
+        if not self.membership.is_voter:
+            return False, (f"not a member of the configuration at epoch {config.epoch}: "
+                           "waiting to be added")
         if self.membership.stale:
             return False, ("peers know this node id under another incarnation: its data was "
                            "lost; it must be re-added as a new member")
@@ -131,12 +167,13 @@ class Node:
 
     def cluster_info(self) -> dict[str, Any]:
         config = self.membership.config
+        urls = config.url_map()
         members = []
         for node in sorted(config.voters):
             link = self.links.get(node)
             members.append({
                 "id": node,
-                "url": self.membership.urls.get(node, ""),
+                "url": urls.get(node, ""),
                 "reachable": True if link is None else link.reachable,
                 "incarnation": self.membership.known_incarnation(node),
             })
@@ -147,6 +184,7 @@ class Node:
             "epoch": config.epoch,
             "members": members,
             "quorum": config.quorum_size(),
+            "joining": None if config.joining is None else sorted(config.joining),
             "ready": ready,
             "reason": reason,
             "keys": len(self.local),

@@ -25,6 +25,8 @@ class ServeSettings:
     """Every member including this one: node id -> base URL."""
     data_dir: Path
     """Durable state (SQLite); a restart with the same directory keeps everything acked."""
+    advertise_url: str = ""
+    """How peers reach this replica; defaults to its entry in `peers`."""
     auth_token: str | None = None
     """Shared secret required as `Authorization: Bearer` on `/internal/` requests."""
     request_timeout: float = 2.5

@@ -1,25 +1,34 @@
 """Membership configurations and the quorums they require.
 
-A configuration is numbered (its epoch). During a membership change it is joint: a phase
-succeeds only with a majority of the old member set AND a majority of the new one, which is
-what keeps every chosen value visible across the change.
+A configuration is numbered (its epoch) and carries the address of every voter. During a
+membership change it is joint: a phase succeeds only with a majority of the old member set
+AND a majority of the new one, which is what keeps every chosen value visible across the
+change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 
 class Config(NamedTuple):
     epoch: int
     members: frozenset[str]
     joining: frozenset[str] | None = None  # the new member set while a change is joint
+    urls: tuple[tuple[str, str], ...] = ()  # (node, base URL) of every voter, sorted
 
     @property
     def voters(self) -> frozenset[str]:
         """Every node whose reply can count toward some quorum."""
         return self.members | (self.joining or frozenset())
+
+    @property
+    def is_joint(self) -> bool:
+        return self.joining is not None
+
+    def url_map(self) -> dict[str, str]:
+        return dict(self.urls)
 
     def is_quorum(self, acks: Iterable[str]) -> bool:
         acked = set(acks)
@@ -33,6 +42,37 @@ class Config(NamedTuple):
 
     def tolerated_failures(self) -> int:
         return (len(self.members) - 1) // 2
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "members": sorted(self.members),
+                "joining": None if self.joining is None else sorted(self.joining),
+                "urls": dict(self.urls)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Config:
+        """Strict parsing: peers and the data directory are trusted, but not to be sane."""
+        if not isinstance(raw, dict):
+            raise ValueError("a configuration must be a map")
+        epoch, members, joining, urls = (raw.get(k) for k in ("epoch", "members", "joining",
+                                                               "urls"))
+        if not (isinstance(epoch, int) and epoch >= 1 and isinstance(members, list)
+                and all(isinstance(m, str) for m in members) and members
+                and isinstance(urls, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in urls.items())):
+            raise ValueError(f"malformed configuration: {raw!r}")
+        if joining is not None and not (isinstance(joining, list) and joining
+                                        and all(isinstance(m, str) for m in joining)):
+            raise ValueError(f"malformed joining member set: {joining!r}")
+        return make_config(epoch, members, joining, urls)
+
+
+def make_config(epoch: int, members: Iterable[str], joining: Iterable[str] | None,
+                urls: Mapping[str, str]) -> Config:
+    config = Config(epoch, frozenset(members), None if joining is None else frozenset(joining))
+    missing = config.voters - set(urls)
+    if missing:
+        raise ValueError(f"no URL for member(s) {sorted(missing)}")
+    return config._replace(urls=tuple(sorted((n, urls[n]) for n in config.voters)))
 
 
 def _majority(members: frozenset[str], acked: set[str]) -> bool:

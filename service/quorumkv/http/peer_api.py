@@ -10,12 +10,14 @@ import asyncio
 import hmac
 import logging
 
+import orjson
 from aiohttp import web
 
 from quorumkv.core.messages import BucketQuery, BucketReply, DigestQuery, DigestReply
 from quorumkv.errors import BadRequest
 from quorumkv.http.errors import Handler, error_response
 from quorumkv.http.keys import NODE
+from quorumkv.node import Node
 from quorumkv.replication.transport import BATCH_PATH
 from quorumkv.replication.wire import (
     Failure,
@@ -52,13 +54,23 @@ async def batch(request: web.Request) -> web.Response:
         envelope = unpack_envelope(await request.read())
     except ValueError as exc:
         raise BadRequest(f"malformed peer batch: {exc}") from None
-    if not node.membership.admits(envelope.sender, envelope.incarnation):
+    membership = node.membership
+    if envelope.config.epoch > membership.config.epoch:
+        adopted = membership.adopt(envelope.config)
+        if adopted is not None:
+            await asyncio.shield(adopted)  # act on a configuration only once it is durable
+    if envelope.config != membership.config:
+        return _refuse(node, "stale_epoch" if envelope.config.epoch < membership.config.epoch
+                       else "conflicting_config",
+                       f"the batch was made under epoch {envelope.config.epoch}; this node is "
+                       f"at epoch {membership.config.epoch}")
+    if not membership.admits(envelope.sender, envelope.incarnation):
         log.warning("refused a peer of unknown identity", extra={
             "peer": envelope.sender, "incarnation": envelope.incarnation,
-            "known": node.membership.known_incarnation(envelope.sender)})
-        return error_response(409, "unknown_identity",
-                              f"node {envelope.sender!r} is not a member as incarnation "
-                              f"{envelope.incarnation}")
+            "known": membership.known_incarnation(envelope.sender)})
+        return _refuse(node, "unknown_identity",
+                       f"node {envelope.sender!r} is not a voting member as incarnation "
+                       f"{envelope.incarnation}")
     replies: list[PeerReply | Failure] = []
     waits: set[asyncio.Future[None]] = set()
     for message in envelope.messages:
@@ -75,5 +87,11 @@ async def batch(request: web.Request) -> web.Response:
         await asyncio.gather(*(asyncio.shield(w) for w in waits))
     return web.Response(body=pack_replies(node.incarnation, replies),
                         content_type="application/msgpack")
+
+
+def _refuse(node: Node, error: str, detail: str) -> web.Response:
+    """409 with our configuration, so the sender can adopt it if it is newer."""
+    body = {"error": error, "detail": detail, "config": node.membership.config.to_json()}
+    return web.Response(status=409, body=orjson.dumps(body), content_type="application/json")
 
 

@@ -13,6 +13,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 from quorumkv.core import proposer
 from quorumkv.core.ballot import Ballot
@@ -30,6 +31,10 @@ log = logging.getLogger("quorumkv.coordinator")
 
 FAST_PATH_CACHE = 100_000  # keys whose promised next ballot we remember
 MAX_ATTEMPTS = 8
+
+class NotSent(NamedTuple):
+    """The phase was not sent: the configuration changed since the proposal began."""
+
 
 PathObserver = Callable[[str], None]  # "fast_read", "slow_read", "fast_write", "conflict", …
 
@@ -52,7 +57,8 @@ class Coordinator:
         self._timeout = timeout
         self._observe = observe or (lambda path: None)
         self._mutex = KeyedMutex()
-        self._promised: OrderedDict[str, tuple[Ballot, Register]] = OrderedDict()
+        # key -> (ballot promised with our last accept, the register it chose, its epoch)
+        self._promised: OrderedDict[str, tuple[Ballot, Register, int]] = OrderedDict()
 
     async def read(self, key: str) -> Register:
         """A linearizable read: one round trip if a quorum agrees, else a write-back."""
@@ -63,7 +69,7 @@ class Coordinator:
         if isinstance(action, Done):
             self._observe("fast_read")
             return action.register
-        if action is None:
+        if action is None and not self._epoch_changed(prop):
             raise QuorumUnavailable(f"no quorum answered the read of {key!r} in time")
         self._observe("slow_read")
         _, register = await self.change(key, Identity(), deadline)
@@ -85,17 +91,22 @@ class Coordinator:
                     send = action
                     continue
                 if isinstance(action, Done):
-                    self._remember(key, action)
+                    self._remember(key, action, prop.config.epoch)
                     return action.outcome, action.register
                 self._promised.pop(key, None)
-                if isinstance(action, Retry):
+                restart = isinstance(action, Retry | NotSent) or (
+                    action is None and prop.phase is not proposer.Phase.ACCEPT
+                    and self._epoch_changed(prop))
+                if restart:
                     attempts += 1
                     self._observe("conflict")
                     if attempts >= MAX_ATTEMPTS or loop.time() >= deadline:
                         raise QuorumUnavailable(f"contention on {key!r}: gave up after "
                                                 f"{attempts} ballots")
                     await asyncio.sleep(random.uniform(0, 0.002 * 2 ** attempts))
-                    seen = max(action.highest_seen, self._local.seen(key))
+                    highest = action.highest_seen if isinstance(action, Retry) else \
+                        prop.highest_seen
+                    seen = max(highest, self._local.seen(key))
                     prop, send = proposer.begin_prepare(key, change, self._membership.config,
                                                         self._node, self._boot, seen)
                     continue
@@ -106,10 +117,14 @@ class Coordinator:
                     + ("; it may still take effect" if indeterminate else ""),
                     indeterminate=indeterminate)
 
+    def _epoch_changed(self, prop: Proposal) -> bool:
+        return prop.config.epoch != self._membership.config.epoch
+
     def _begin(self, key: str, change: Change) -> tuple[Proposal, Send]:
         config = self._membership.config
         cached = self._promised.pop(key, None)
-        if cached is not None and self._fast_path_safe(key, cached[0]):
+        if cached is not None and cached[2] == config.epoch \
+                and self._fast_path_safe(key, cached[0]):
             self._observe("fast_write")
             return proposer.begin_accept(key, change, config, self._node, self._boot,
                                          cached[0], cached[1])
@@ -126,18 +141,22 @@ class Coordinator:
         """
         if self._local.state(key).promised != ballot:
             return False
-        return all(link.reachable for link in self._links.values())
+        return all(link.reachable for link in self._links.values())  # links: voters only
 
-    def _remember(self, key: str, done: Done) -> None:
+    def forget_promises(self) -> None:
+        """Drop every cached promise (e.g. on a configuration change)."""
+        self._promised.clear()
+
+    def _remember(self, key: str, done: Done, epoch: int) -> None:
         if done.next_ballot is None:
             return
-        self._promised[key] = (done.next_ballot, done.register)
+        self._promised[key] = (done.next_ballot, done.register, epoch)
         if len(self._promised) > FAST_PATH_CACHE:
             self._promised.popitem(last=False)
 
     async def _broadcast(
         self, prop: Proposal, message: Request, deadline: float
-    ) -> tuple[Proposal, Action | None]:
+    ) -> tuple[Proposal, Action | NotSent | None]:
         """Send `message` to every voter and feed replies until the proposal decides.
 
         Returns None as the action when the deadline passed or every voter answered (or
@@ -145,6 +164,8 @@ class Coordinator:
         """
         loop = asyncio.get_running_loop()
         decided: asyncio.Future[Action | None] = loop.create_future()
+        if self._epoch_changed(prop):
+            return prop, NotSent()  # made under a superseded configuration: never send it
         state = [prop]
         voters = prop.config.voters
         outstanding = [len(voters)]
@@ -182,7 +203,7 @@ class Coordinator:
             if link is None:
                 outstanding[0] -= 1
                 continue
-            link.call(message).add_done_callback(partial(on_done, node))
+            link.call(message, prop.config).add_done_callback(partial(on_done, node))
         if outstanding[0] == 0 and not decided.done():
             decided.set_result(None)
         try:

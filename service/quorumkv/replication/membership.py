@@ -1,19 +1,34 @@
-"""Who the members are, and which incarnation of each one may vote.
+"""Who the members are, in which configuration (epoch), and which incarnation of each may vote.
 
-Each data directory gets a random incarnation id when it is created. Peers learn each
-other's incarnation on first contact and keep it durably (trust on first use); from then on a
-message or reply from a different incarnation of that node id is refused. So a replica that
-lost its disk comes back as a stranger: it cannot vote with promises it has forgotten, and
-it knows it (`stale`), so it reports itself not ready instead of serving.
+Configurations only move forward: a node adopts a configuration with a higher epoch from any
+peer (durably, before acting on it) and refuses messages stamped with an older or a different
+one, telling the sender what it has instead. That is how a change, once installed on its
+quorum, reaches everyone, and how no quorum of a superseded configuration can act.
+
+Each data directory gets a random incarnation id when it is created. Peers learn each other's
+incarnation on first contact and keep it durably (trust on first use); from then on messages
+and replies from another incarnation of that node id are refused. So a replica that lost its
+disk comes back as a stranger: it cannot vote with promises it has forgotten, and it knows it
+(`stale`), so it reports itself not ready. Removing a node from the membership forgets its
+incarnation, so it can be added back later with a new disk through the same change procedure.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Mapping
+
+import orjson
 
 from quorumkv.core.quorum import Config
 
-META_PREFIX = "incarnation:"
+log = logging.getLogger("quorumkv.membership")
+
+META_INCARNATION = "incarnation:"
+META_CONFIG = "config"
+
+Persist = Callable[[str, str], "asyncio.Future[None]"]
 
 
 class Membership:
@@ -22,27 +37,50 @@ class Membership:
         node_id: str,
         incarnation: str,
         config: Config,
-        urls: Mapping[str, str],
         known: Mapping[str, str],
-        persist: Callable[[str, str], object],
+        persist: Persist,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
         self.config = config
-        self.urls = dict(urls)
         self._known = dict(known)
         self._known[node_id] = incarnation
         self._persist = persist
+        self._listeners: list[Callable[[Config], None]] = []
         self.refused_by: set[str] = set()  # peers that know this node id as another incarnation
 
+    def on_change(self, listener: Callable[[Config], None]) -> None:
+        self._listeners.append(listener)
+
+    def adopt(self, config: Config) -> asyncio.Future[None] | None:
+        """Take `config` if it is newer; returns the commit to wait for before acting on it."""
+        if config.epoch <= self.config.epoch:
+            return None
+        old, self.config = self.config, config
+        for node in old.voters - config.voters:
+            if node != self.node_id:
+                self._known.pop(node, None)
+                self._persist(META_INCARNATION + node, "")
+        log.info("configuration adopted", extra={
+            "epoch": config.epoch, "members": sorted(config.members),
+            "joining": None if config.joining is None else sorted(config.joining)})
+        durable = self._persist(META_CONFIG, orjson.dumps(config.to_json()).decode())
+        for listener in self._listeners:
+            listener(config)
+        return durable
+
+    @property
+    def is_voter(self) -> bool:
+        return self.node_id in self.config.voters
+
     def admits(self, node: str, incarnation: str) -> bool:
-        """Whether `node` speaking as `incarnation` may take part; learns it on first use."""
+        """Whether `node` speaking as `incarnation` may vote; learns it on first use."""
         if node not in self.config.voters:
             return False
         known = self._known.get(node)
         if known is None:
             self._known[node] = incarnation
-            self._persist(META_PREFIX + node, incarnation)
+            self._persist(META_INCARNATION + node, incarnation)
             return True
         return known == incarnation
 
@@ -55,14 +93,16 @@ class Membership:
         peers = self.config.voters - {self.node_id}
         return bool(peers) and len(self.refused_by & peers) * 2 >= len(peers)
 
-    def peers(self) -> dict[str, str]:
-        return {node: url for node, url in self.urls.items() if node != self.node_id}
-
 
 def known_from_meta(get_meta: Callable[[str], str | None], nodes: set[str]) -> dict[str, str]:
     known = {}
     for node in nodes:
-        value = get_meta(META_PREFIX + node)
-        if value is not None:
+        value = get_meta(META_INCARNATION + node)
+        if value:
             known[node] = value
     return known
+
+
+def config_from_meta(get_meta: Callable[[str], str | None]) -> Config | None:
+    raw = get_meta(META_CONFIG)
+    return None if raw is None else Config.from_json(orjson.loads(raw))

@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import orjson
 
 from quorumkv.core.messages import Accept
+from quorumkv.core.quorum import Config
 from quorumkv.replication.membership import Membership
 from quorumkv.replication.wire import (
     Failure,
@@ -38,7 +40,12 @@ class PeerUnavailable(Exception):
     pass
 
 
+class PeerRefused(PeerUnavailable):
+    """The peer answers but refused the batch (another configuration or identity)."""
+
+
 BatchObserver = Callable[[str, int, float], None]  # (peer, messages, seconds)
+Queued = tuple[PeerRequest, Config, "asyncio.Future[PeerReply]"]
 
 
 class PeerLink:
@@ -56,6 +63,7 @@ class PeerLink:
         observe: BatchObserver | None = None,
     ) -> None:
         self.peer_id = peer_id
+        self.base_url = url
         self.url = url.rstrip("/") + BATCH_PATH
         self._session = session
         self._membership = membership
@@ -66,19 +74,21 @@ class PeerLink:
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._observe = observe
-        self._queue: list[tuple[PeerRequest, asyncio.Future[PeerReply]]] = []
+        self._queue: list[Queued] = []
         self._senders = 0
         self._down_until = 0.0
         self.reachable = False
         self.last_error = "not contacted yet"
 
-    def call(self, msg: PeerRequest) -> asyncio.Future[PeerReply]:
-        """Queue `msg`; the future gets the reply, or `PeerUnavailable`."""
+    def call(self, msg: PeerRequest, config: Config | None = None) -> asyncio.Future[PeerReply]:
+        """Queue `msg`, made under `config` (default: the current one); the future gets the
+        reply, or `PeerUnavailable`."""
+        config = config or self._membership.config
         future: asyncio.Future[PeerReply] = asyncio.get_running_loop().create_future()
         if time.monotonic() < self._down_until:
             future.set_exception(PeerUnavailable(self.last_error))
             return future
-        self._queue.append((msg, future))
+        self._queue.append((msg, config, future))
         if self._senders < self._max_inflight:
             self._senders += 1
             asyncio.get_running_loop().create_task(self._send_loop())
@@ -91,11 +101,14 @@ class PeerLink:
         finally:
             self._senders -= 1
 
-    def _take_batch(self) -> list[tuple[PeerRequest, asyncio.Future[PeerReply]]]:
-        """The oldest queued messages, up to `max_batch` of them and about MAX_BATCH_BYTES."""
+    def _take_batch(self) -> list[Queued]:
+        """The oldest queued messages of one configuration, up to `max_batch` of them and
+        about MAX_BATCH_BYTES."""
         size, count = 0, 0
-        for msg, _ in self._queue:
-            if count >= self._max_batch or (count and size >= MAX_BATCH_BYTES):
+        config = self._queue[0][1]
+        for msg, msg_config, _ in self._queue:
+            if count >= self._max_batch or (count and size >= MAX_BATCH_BYTES) \
+                    or msg_config is not config:
                 break
             count += 1
             if isinstance(msg, Accept) and msg.register.value is not None:
@@ -104,19 +117,19 @@ class PeerLink:
         del self._queue[:count]
         return batch
 
-    async def _send(self, batch: list[tuple[PeerRequest, asyncio.Future[PeerReply]]]) -> None:
+    async def _send(self, batch: list[Queued]) -> None:
         started = time.perf_counter()
         try:
-            replies = await self.exchange([msg for msg, _ in batch])
+            replies = await self.exchange([msg for msg, _, _ in batch], batch[0][1])
         except PeerUnavailable as exc:
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
                     future.exception()  # a caller that stopped waiting must not warn
             return
         if self._observe is not None:
             self._observe(self.peer_id, len(batch), time.perf_counter() - started)
-        for (_, future), reply in zip(batch, replies, strict=True):
+        for (_, _, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
             if isinstance(reply, Failure):
@@ -125,10 +138,16 @@ class PeerLink:
             else:
                 future.set_result(reply)
 
-    async def exchange(self, msgs: list[PeerRequest]) -> list[PeerReply | Failure]:
-        """Post one batch and return its replies; raises `PeerUnavailable`."""
+    async def exchange(
+        self, msgs: list[PeerRequest], config: Config | None = None
+    ) -> list[PeerReply | Failure]:
+        """Post one batch made under `config` (default: the current one) and return its
+        replies; raises `PeerUnavailable`."""
+        config = config or self._membership.config
+        if config.epoch < self._membership.config.epoch:
+            raise PeerUnavailable("the configuration changed before the batch was sent")
         body = pack_envelope(self._membership.node_id, self._membership.incarnation,
-                             self._membership.config.epoch, msgs)
+                             config, msgs)
         # aiohttp warns that large bytes bodies block the loop; a stream does not
         data: bytes | io.BytesIO = io.BytesIO(body) if len(body) > LARGE_BODY else body
         try:
@@ -136,11 +155,12 @@ class PeerLink:
                                           timeout=self._timeout) as resp:
                 data = await resp.read()
                 if resp.status == 409:
-                    self._membership.refused_by.add(self.peer_id)
-                    raise PeerUnavailable(f"{self.peer_id} refuses our identity: {data[:200]!r}")
+                    raise PeerRefused(self._refused(data))
                 if resp.status != 200:
                     raise PeerUnavailable(f"{self.peer_id} answered {resp.status}: {data[:200]!r}")
             incarnation, replies = unpack_replies(data)
+        except PeerRefused:
+            raise
         except PeerUnavailable as exc:
             self._mark_down(str(exc))
             raise
@@ -159,6 +179,19 @@ class PeerLink:
         self.reachable = True
         return replies
 
+    def _refused(self, data: bytes) -> str:
+        """A 409: the peer has another configuration (adopt it if newer) or refuses our
+        identity (we may have lost our disk)."""
+        try:
+            body = orjson.loads(data)
+            error, config = body["error"], Config.from_json(body["config"])
+        except (ValueError, KeyError, TypeError):
+            return f"{self.peer_id} answered 409: {data[:200]!r}"
+        if error == "unknown_identity" and self._membership.node_id in config.voters:
+            self._membership.refused_by.add(self.peer_id)
+        self._membership.adopt(config)
+        return f"{self.peer_id} refused the batch: {error} (its epoch {config.epoch})"
+
     def _mark_down(self, reason: str) -> None:
         if self.reachable:
             log.warning("peer unreachable", extra={"peer": self.peer_id, "reason": reason})
@@ -166,7 +199,7 @@ class PeerLink:
         self.last_error = reason
         self._down_until = time.monotonic() + DOWN_BACKOFF
         pending, self._queue = self._queue, []
-        for _, future in pending:
+        for _, _, future in pending:
             if not future.done():
                 future.set_exception(PeerUnavailable(reason))
                 future.exception()

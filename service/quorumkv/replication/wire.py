@@ -1,8 +1,9 @@
 """The peer protocol's encoding: msgpack, so values travel as raw bytes, not base64.
 
 A batch is one HTTP request `POST /internal/v1/batch` whose body is an envelope
-`{"from", "inc", "epoch", "msgs": [...]}`; the reply is `{"inc", "replies": [...]}` in the same
-order. Decoding is strict: a malformed message raises `ValueError`, never anything else.
+`{"from", "inc", "config", "msgs": [...]}` (the configuration every message of the batch was
+made under); the reply is `{"inc", "replies": [...]}` in the same order. Decoding is strict:
+a malformed message raises `ValueError`, never anything else.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from quorumkv.core.messages import (
     SyncQuery,
     SyncReply,
 )
+from quorumkv.core.quorum import Config
 from quorumkv.replication.digests import BUCKETS
 from quorumkv.storage.codec import ballot_or_none, register_from_wire, register_to_wire
 
@@ -36,7 +38,7 @@ PeerReply = Reply | SyncReply
 class Envelope(NamedTuple):
     sender: str
     incarnation: str
-    epoch: int
+    config: Config
     messages: list[PeerRequest]
 
 
@@ -112,8 +114,9 @@ def decode_reply(raw: Any) -> PeerReply | Failure:
     raise ValueError(f"unknown or malformed reply {kind!r}")
 
 
-def pack_envelope(sender: str, incarnation: str, epoch: int, msgs: list[PeerRequest]) -> bytes:
-    body = {"from": sender, "inc": incarnation, "epoch": epoch,
+def pack_envelope(sender: str, incarnation: str, config: Config,
+                  msgs: list[PeerRequest]) -> bytes:
+    body = {"from": sender, "inc": incarnation, "config": config.to_json(),
             "msgs": [encode_request(m) for m in msgs]}
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
@@ -126,11 +129,10 @@ def unpack_envelope(data: bytes) -> Envelope:
         raise ValueError(f"not a msgpack body: {exc}") from None
     if not isinstance(body, dict):
         raise ValueError("the envelope must be a map")
-    sender, inc, epoch, msgs = (body.get(k) for k in ("from", "inc", "epoch", "msgs"))
-    if not (isinstance(sender, str) and isinstance(inc, str) and isinstance(epoch, int)
-            and isinstance(msgs, list)):
-        raise ValueError("the envelope needs from, inc, epoch and msgs")
-    return Envelope(sender, inc, epoch, [decode_request(m) for m in msgs])
+    sender, inc, config, msgs = (body.get(k) for k in ("from", "inc", "config", "msgs"))
+    if not (isinstance(sender, str) and isinstance(inc, str) and isinstance(msgs, list)):
+        raise ValueError("the envelope needs from, inc, config and msgs")
+    return Envelope(sender, inc, Config.from_json(config), [decode_request(m) for m in msgs])
 
 
 def pack_replies(incarnation: str, replies: list[PeerReply | Failure]) -> bytes:

@@ -1,0 +1,65 @@
+"""The steps of a membership change, decided by pure code from where the cluster is now.
+
+Going from member set A to B: epoch e+1 = joint(A, B); a rescan re-proposes every key under
+joint quorums so the latest value of each is on a majority of B; epoch e+2 = B alone. One
+change at a time. The resolver looks only at the current configuration (and whether the
+rescan finished), so a driver that crashed at any point resumes by asking it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from quorumkv.core.quorum import Config, make_config
+
+
+class Install(NamedTuple):
+    """Make `config` durable on its quorum (majority of old and of new members)."""
+
+    config: Config
+
+
+class Rescan(NamedTuple):
+    """Re-propose every key under the current (joint) configuration."""
+
+
+class Done(NamedTuple):
+    config: Config
+
+
+class Refused(NamedTuple):
+    reason: str
+
+
+Step = Install | Rescan | Done | Refused
+
+
+def next_step(current: Config, target: Mapping[str, str], rescanned: bool) -> Step:
+    """What to do next to reach member set `target` (node -> URL) from `current`."""
+    members = frozenset(target)
+    if not members:
+        return Refused("the new member set is empty")
+    if not current.is_joint:
+        if current.members == members:
+            return Done(current)
+        urls = {**current.url_map(), **target}
+        return Install(make_config(current.epoch + 1, current.members, members, urls))
+    if current.joining != members:
+        return Refused(f"another change is in progress: {sorted(current.members)} -> "
+                       f"{sorted(current.joining or ())} at epoch {current.epoch}")
+    if not rescanned:
+        return Rescan()
+    return Install(make_config(current.epoch + 1, members, None, current.url_map()))
+
+
+def installing_quorum(new: Config, old: Config) -> Config:
+    """Whose acknowledgements make `new` durable enough to act on.
+
+    Entering a joint configuration: a majority of the old members and of the new ones, so no
+    quorum of the old configuration can act any more. Leaving it: the joint configuration's
+    own quorum, which again covers both sides.
+    """
+    if new.is_joint:
+        return new
+    return old if old.is_joint else new
