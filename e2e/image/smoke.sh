@@ -3,7 +3,9 @@
 #   - both entrypoints start with a read-only root file system, as a non-root numeric user;
 #   - three replicas on a user-defined Docker network (peers by container name, read-only
 #     root, data in a volume) form a cluster: a PUT through one replica is read back through
-#     the others, from the host with curl and from inside a container by name.
+#     the others, from the host with curl and from inside a container by name;
+#   - a replica stops promptly on SIGTERM (docker stop) and, restarted on its volume, still
+#     serves the value.
 # Usage: smoke.sh [IMAGE]   (default quorumkv:dev). Cleans up its containers and network.
 set -euo pipefail
 # shellcheck source=e2e/tools/common.sh
@@ -12,7 +14,7 @@ source "$(dirname "$0")/../tools/common.sh"
 image="${1:-quorumkv:dev}"
 net="qkv-smoke-$$"
 names=(qkv-smoke-0-$$ qkv-smoke-1-$$ qkv-smoke-2-$$)
-ro=(--read-only --tmpfs /tmp)
+ro=(--read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges)
 
 cleanup() {
     docker rm -f -v "${names[@]}" >/dev/null 2>&1 || true
@@ -64,4 +66,18 @@ got="$(docker exec "${names[1]}" python -c \
 [ "$got" = "hello from the smoke test" ] || die "GET from inside ${names[1]} returned '$got'"
 log "GET from inside ${names[1]} through ${names[2]} by container name returns the value"
 curl -fsS "http://$(ip "${names[0]}"):8080/v1/cluster" >&2; echo >&2
+
+t0=$(date +%s%N)
+docker stop -t 10 "${names[2]}" >/dev/null
+ms=$((($(date +%s%N) - t0) / 1000000))
+log "docker stop ${names[2]} took $ms ms (10 s would mean SIGTERM was ignored)"
+[ "$ms" -lt 9000 ] || die "the replica ignores SIGTERM"
+docker start "${names[2]}" >/dev/null
+for _ in $(seq 1 60); do
+    curl -fs -o /dev/null "http://$(ip "${names[2]}"):8080/readyz" && break
+    sleep 0.5
+done
+got="$(curl -fsS "http://$(ip "${names[2]}"):8080/v1/kv/smoke")"
+[ "$got" = "hello from the smoke test" ] || die "GET after restart returned '$got'"
+log "restarted ${names[2]} serves the value again"
 log "smoke test passed"
