@@ -49,6 +49,9 @@ class GetResult:
     etag: str
 
 
+MEMBERSHIP_PATH = "/internal/v1/membership"
+
+
 def key_path(key: str) -> str:
     """The URL path of a key: percent-encoded UTF-8, `/` included."""
     return "/v1/kv/" + quote(key, safe="")
@@ -63,8 +66,11 @@ class Client:
         *,
         timeout: float = 10.0,
         session: aiohttp.ClientSession | None = None,
+        token: str | None = None,
     ) -> None:
+        """`token` is the cluster's peer secret, needed only for the membership admin API."""
         self.endpoint = endpoint.rstrip("/")
+        self._admin_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
         self._owns_session = session is None
@@ -124,6 +130,30 @@ class Client:
         """This replica's view of the cluster (`GET /v1/cluster`)."""
         async with self._http().get(self.endpoint + "/v1/cluster") as resp:
             if resp.status == 200:
+                body: dict[str, Any] = orjson.loads(await resp.read())
+                return body
+            raise await _error(resp)
+
+    async def membership(self) -> dict[str, Any]:
+        """The configuration and the membership change under way or last made (admin API)."""
+        async with self._http().get(self.endpoint + MEMBERSHIP_PATH,
+                                    headers=self._admin_headers) as resp:
+            if resp.status == 200:
+                body: dict[str, Any] = orjson.loads(await resp.read())
+                return body
+            raise await _error(resp)
+
+    async def change_membership(self, members: dict[str, str]) -> dict[str, Any]:
+        """Start (or resume, or confirm) the change to member set `members` (id -> URL).
+
+        Ask a replica that stays a member. Returns the same view as `membership()`; poll it
+        until `change.state` is `done` (or `failed`: then ask again).
+        """
+        async with self._http().post(self.endpoint + MEMBERSHIP_PATH,
+                                     data=orjson.dumps({"members": members}),
+                                     headers={**self._admin_headers,
+                                              "Content-Type": "application/json"}) as resp:
+            if resp.status in (200, 202):
                 body: dict[str, Any] = orjson.loads(await resp.read())
                 return body
             raise await _error(resp)

@@ -12,7 +12,6 @@ import aiohttp
 
 from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
 
-
 EXIT_OK, EXIT_MISSING, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 3, 4
 
 

@@ -20,6 +20,7 @@ from quorumkv.replication.antientropy import AntiEntropy
 from quorumkv.replication.coordinator import Coordinator
 from quorumkv.replication.local_acceptor import LocalAcceptor
 from quorumkv.replication.membership import Membership, config_from_meta, known_from_meta
+from quorumkv.replication.reconfig import MembershipChanger
 from quorumkv.replication.transport import PeerLink
 from quorumkv.settings import ServeSettings
 from quorumkv.storage.base import Storage
@@ -76,6 +77,7 @@ class Node:
         self.links: dict[str, PeerLink] = {}
         self.coordinator: Coordinator | None = None
         self.antientropy: AntiEntropy | None = None
+        self.changer: MembershipChanger | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -89,6 +91,8 @@ class Node:
         self.antientropy = AntiEntropy(self.local, self.links, self.coordinator,
                                        self.settings.antientropy_interval,
                                        on_repair=self.metrics.repairs.inc)
+        self.changer = MembershipChanger(self.membership, self.local, self.coordinator,
+                                         self._link_for)
         self._tasks = [asyncio.create_task(self._heartbeat(), name="heartbeat"),
                        asyncio.create_task(self.antientropy.run(), name="anti-entropy")]
         log.info("replica started", extra={
@@ -101,15 +105,18 @@ class Node:
         for peer in set(self.links) - config.voters:
             del self.links[peer]
         for peer, url in config.url_map().items():
-            if peer == self.settings.node_id:
-                continue
-            link = self.links.get(peer)
-            if link is not None and link.base_url == url:
-                continue
-            self.links[peer] = PeerLink(
-                peer, url, session=self._session, membership=self.membership,
-                token=self.settings.auth_token, timeout=self.settings.peer_timeout,
-                observe=self.metrics.observe_batch)
+            if peer != self.settings.node_id:
+                self.links[peer] = self._link_for(peer, url)
+
+    def _link_for(self, peer: str, url: str) -> PeerLink:
+        """The link to `peer` at `url`: the voter's link, or a new one (e.g. to a leaver)."""
+        assert self._session is not None
+        link = self.links.get(peer)
+        if link is not None and link.base_url == url:
+            return link
+        return PeerLink(peer, url, session=self._session, membership=self.membership,
+                        token=self.settings.auth_token, timeout=self.settings.peer_timeout,
+                        observe=self.metrics.observe_batch)
 
     def _configuration_changed(self, config: Config) -> None:
         if self._session is not None:
@@ -118,6 +125,8 @@ class Node:
             self.coordinator.forget_promises()
 
     async def stop(self) -> None:
+        if self.changer is not None:
+            await self.changer.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

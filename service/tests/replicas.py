@@ -29,8 +29,8 @@ class Replicas:
     def __init__(self, root: Path, count: int, *, token: str | None = None,
                  env: dict[str, str] | None = None, request_timeout: float = 2.5) -> None:
         self.root = root
-        self.ports = free_ports(count)
-        self.urls = {str(i): f"http://127.0.0.1:{p}" for i, p in enumerate(self.ports)}
+        self.urls = {str(i): f"http://127.0.0.1:{p}" for i, p in enumerate(free_ports(count))}
+        self.bootstrap = dict(self.urls)  # the peer list every replica is started with
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {**os.environ, **(env or {})}
         self.token_file: Path | None = None
@@ -44,8 +44,10 @@ class Replicas:
                "--listen", self.urls[node].removeprefix("http://"),
                "--data-dir", str(self.data_dir(node)),
                "--request-timeout", str(self.request_timeout)]
-        for other, url in self.urls.items():
+        for other, url in self.bootstrap.items():
             cmd += ["--peer", f"{other}={url}"]
+        if node not in self.bootstrap:
+            cmd += ["--advertise-url", self.urls[node]]
         if self.token_file is not None:
             cmd += ["--auth-token-file", str(self.token_file)]
         return cmd
@@ -58,6 +60,12 @@ class Replicas:
         self.procs[node] = subprocess.Popen(self.command(node), stdout=log, stderr=log,
                                             env=self.env)
         log.close()
+
+    def add(self, node: str) -> None:
+        """Start a new replica that is not in the peer list: it waits to be made a member."""
+        self.urls[node] = f"http://127.0.0.1:{free_ports(1)[0]}"
+        self.start(node)
+        self.wait_alive([node])
 
     def start_all(self) -> None:
         for node in self.urls:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from quorumkv.core import acceptor, proposer
 from quorumkv.core.acceptor import INITIAL, Accepted, Conflict, Promise
 from quorumkv.core.ballot import ZERO, Ballot
@@ -10,8 +11,6 @@ from quorumkv.core.keys import InvalidKey, decode_key
 from quorumkv.core.messages import Accept, Prepare, Read
 from quorumkv.core.quorum import Config
 from quorumkv.core.register import EMPTY, Register, etag_matches
-
-import pytest
 
 B1 = Ballot(1, "a", 1)
 B2 = Ballot(2, "b", 1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from simulation import Faults, Simulation
 
 HOSTILE = Faults(loss=0.1, duplicate=0.1, max_delay=20, crash_rate=0.002, downtime=80)

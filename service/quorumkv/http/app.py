@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from quorumkv.http import client_api, peer_api
+from quorumkv.http import admin_api, client_api, peer_api
 from quorumkv.http.errors import errors_middleware
 from quorumkv.http.keys import NODE
 from quorumkv.node import Node
@@ -24,6 +24,7 @@ def make_app(settings: ServeSettings) -> web.Application:
     )
     app.add_routes(client_api.routes)
     app.add_routes(peer_api.routes)
+    app.add_routes(admin_api.routes)
 
     async def node_lifecycle(app: web.Application) -> AsyncIterator[None]:
         node = Node(settings)

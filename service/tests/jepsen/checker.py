@@ -245,7 +245,10 @@ def _prefix(ops: Sequence[Op], t: int) -> list[Op]:
         if op.complete_ns is not None and op.complete_ns <= t:
             out.append(op)
         elif op.is_mutation:
-            out.append(dataclasses.replace(op, outcome=Outcome.INFO, complete_ns=None))
+            later = f"pending here; later {op.outcome.value} {op.detail}".rstrip()
+            out.append(
+                dataclasses.replace(op, outcome=Outcome.INFO, complete_ns=None, detail=later)
+            )
     return out
 
 

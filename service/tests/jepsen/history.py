@@ -59,6 +59,7 @@ class Op:
     expected: str | None = None  # CAS: the value whose ETag was sent in If-Match
     created: bool | None = None  # ok PUT: 201 (True) / 200 (False); None: not observed
     etag: str | None = None  # ETag returned (diagnostics only; never used by the model)
+    gave_up_ns: int | None = None  # INFO: when the client stopped waiting (diagnostics)
     node: str = ""  # which replica the client talked to (diagnostics)
     detail: str = ""  # status code or error text (diagnostics)
 

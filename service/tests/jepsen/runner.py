@@ -1,0 +1,266 @@
+"""One Jepsen-style run: replicas up, clients + nemesis for a while, heal, final reads, check.
+
+Everything is bounded in time (the run's duration, readiness waits, final reads) and torn down
+however the run ends: processes stopped (paused ones resumed first), the iptables chain
+deleted. The history and summary are written next to the replicas' logs in `workdir`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from . import checker, report
+from .checker import CheckResult
+from .history import Op, Outcome
+from .nemesis import FAULT_KINDS, Nemesis, Window
+from .netfault import Partitioner, iptables_usable
+from .procs import NodeAddr, Proc, ProcGroup, free_port, loopback_nodes, wait_http
+from .workload import Client, KeyGroup, Mix, Recorder, final_reads, new_session
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What one run does. `from_env` lets a longer or differently seeded run be asked for
+    without editing the test (QKV_JEPSEN_DURATION=600 QKV_JEPSEN_SEED=7 …)."""
+
+    workdir: Path
+    seed: int = 1
+    replicas: int = 3
+    duration_s: float = 60.0  # of the workload with faults
+    clients: int = 12
+    clients_per_key: int = 4  # at most 8-10: the search cost grows fast with it
+    ops_per_key: int = 150  # then the key's group moves to a fresh key
+    op_timeout_s: float = 2.5  # client side; past it an op is indeterminate
+    faults: tuple[str, ...] = FAULT_KINDS  # for the random nemesis
+    amnesia_rounds: int = 0  # > 0: run the unsafe amnesia script instead
+    volatile: bool = False  # QUORUMKV_UNSAFE_VOLATILE=1 on the replicas
+    first_host: int = 2  # replicas on 127.0.0.<first_host>…
+    ready_timeout_s: float = 30.0
+    check_budget: int = checker.DEFAULT_BUDGET  # search steps per key
+    snapshot_server: bool = True  # run the replicas from a copy of the package (see below)
+
+    @classmethod
+    def from_env(cls, workdir: Path, **defaults: object) -> RunConfig:
+        env = os.environ
+        base = cls(workdir=workdir, **defaults)  # type: ignore[arg-type]
+        faults = env.get("QKV_JEPSEN_FAULTS")
+        return dataclasses.replace(
+            base,
+            seed=int(env.get("QKV_JEPSEN_SEED", base.seed)),
+            duration_s=float(env.get("QKV_JEPSEN_DURATION", base.duration_s)),
+            clients=int(env.get("QKV_JEPSEN_CLIENTS", base.clients)),
+            replicas=int(env.get("QKV_JEPSEN_REPLICAS", base.replicas)),
+            faults=tuple(f for f in faults.split(",") if f) if faults else base.faults,
+        )
+
+
+@dataclasses.dataclass
+class RunResult:
+    config: RunConfig
+    ops: list[Op]
+    check: CheckResult
+    t0_ns: int
+    fault_log: list[tuple[float, str]]
+    fault_counts: dict[str, int]
+    windows: list[Window]
+    partitions_enabled: bool
+    final_read_ok: dict[str, bool]
+    unsent: Counter[str]
+    unexpected: Counter[str]
+    run_s: float
+    crashes: list[str]  # replicas that exited without being killed: server bugs
+    ready_after_heal: bool
+
+    @property
+    def ok_ops(self) -> int:
+        return sum(op.outcome is Outcome.OK for op in self.ops)
+
+    def availability(self) -> list[tuple[Window, int, int]]:
+        """Per fault window: (window, ops sent to unaffected nodes while it lasted, how many
+        of them got a definite answer). With only a minority faulty, the healthy nodes must
+        keep answering; ops to the faulty ones are expected to hang or fail."""
+        out = []
+        for w in self.windows:
+            affected = () if w.kind == "bridge" else w.nodes  # a bridge leaves all a majority
+            sent = [
+                op
+                for op in self.ops
+                if op.process >= 0
+                and op.node not in affected
+                and w.start_ns <= op.invoke_ns <= w.end_ns
+            ]
+            out.append((w, len(sent), sum(op.outcome is not Outcome.INFO for op in sent)))
+        return out
+
+    def summary(self) -> str:
+        cfg = self.config
+        faults = ", ".join(f"{k}={v}" for k, v in sorted(self.fault_counts.items())) or "none"
+        lines = [
+            f"jepsen run: seed={cfg.seed} replicas={cfg.replicas} clients={cfg.clients} "
+            f"duration={cfg.duration_s:.0f}s volatile={cfg.volatile} "
+            f"partitions={'on' if self.partitions_enabled else 'OFF (no iptables)'}",
+            f"ops: {len(self.ops)} recorded, {self.ok_ops} ok, over {self.run_s:.1f} s; "
+            f"unsent (connection refused): {sum(self.unsent.values())}",
+            report.op_table(self.ops),
+            f"faults injected: {faults}",
+        ]
+        if self.crashes:
+            lines.append(f"REPLICA CRASHES: {self.crashes}")
+        if not self.ready_after_heal:
+            lines.append("NOT all replicas ready again after healing")
+        if self.unexpected:
+            lines.append(f"unexpected statuses (counted indeterminate): {dict(self.unexpected)}")
+        lost = [k for k, ok in self.final_read_ok.items() if not ok]
+        if lost:
+            lines.append(f"final reads failed for keys: {lost}")
+        lines.append(report.format_faults(self.fault_log))
+        for w, sent, answered in self.availability():
+            lines.append(
+                f"  during {w.kind} {list(w.nodes)} ({(w.end_ns - w.start_ns) / 1e9:.1f} s): "
+                f"{answered}/{sent} ops to unaffected nodes answered"
+            )
+        lines.append(report.format_check(self.check, self.t0_ns))
+        return "\n".join(lines)
+
+
+def snapshot_server(dest: Path) -> Path:
+    """Copy the `quorumkv` package into `dest` and return the directory to put on PYTHONPATH.
+
+    Every start and restart in a run then runs the same code, even if the working tree is
+    being edited meanwhile (a half-saved edit would otherwise look like a server crash)."""
+    import quorumkv
+
+    src = Path(quorumkv.__file__).parent
+    shutil.copytree(src, dest / "quorumkv", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _replica_argv(node: NodeAddr, nodes: list[NodeAddr], data: Path) -> list[str]:
+    peers = [arg for n in nodes for arg in ("--peer", f"{n.node_id}={n.url}")]
+    return [
+        sys.executable,
+        "-m",
+        "quorumkv",
+        "serve",
+        "--node-id",
+        node.node_id,
+        "--listen",
+        f"{node.host}:{node.port}",
+        *peers,
+        "--data-dir",
+        str(data),
+    ]
+
+
+async def _wait_ready(nodes: list[NodeAddr], timeout: float) -> bool:
+    async with new_session() as session:
+        return await wait_http(session, [n.url + "/readyz" for n in nodes], timeout=timeout)
+
+
+async def run(cfg: RunConfig) -> RunResult:
+    """Do one run and check it. Raises if the cluster never becomes ready at the start."""
+    rng = random.Random(cfg.seed)
+    hosts = [f"127.0.0.{cfg.first_host + i}" for i in range(cfg.replicas)]
+    nodes = loopback_nodes(cfg.replicas, free_port(hosts, rng), cfg.first_host)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if cfg.snapshot_server:
+        pkg = snapshot_server(cfg.workdir / "server-snapshot")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pkg), env.get("PYTHONPATH")]))
+    env.pop("QUORUMKV_UNSAFE_VOLATILE", None)
+    if cfg.volatile:
+        env["QUORUMKV_UNSAFE_VOLATILE"] = "1"
+    procs = {
+        n.node_id: Proc(
+            f"n{n.node_id}",
+            _replica_argv(n, nodes, cfg.workdir / f"data-{n.node_id}"),
+            cfg.workdir / f"replica-{n.node_id}.log",
+            env,
+        )
+        for n in nodes
+    }
+    want_net = bool({"partition", "bridge"} & set(cfg.faults))
+    use_net = want_net and iptables_usable()
+    recorder = Recorder()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ProcGroup(list(procs.values())))
+        partitioner = stack.enter_context(Partitioner(nodes)) if use_net else None
+        if not await _wait_ready(nodes, cfg.ready_timeout_s):
+            raise RuntimeError(f"replicas not ready within {cfg.ready_timeout_s}s: {cfg.workdir}")
+        t0 = time.monotonic_ns()
+        until = t0 + int(cfg.duration_s * 1e9)
+        nemesis = Nemesis(procs, partitioner, random.Random(rng.random()), t0)
+        urls = {n.node_id: n.url for n in nodes}
+        prefix = f"jk{cfg.seed}"
+        groups = [
+            KeyGroup(f"{prefix}g{g}", cfg.ops_per_key)
+            for g in range((cfg.clients + cfg.clients_per_key - 1) // cfg.clients_per_key)
+        ]
+        clients = [
+            Client(
+                c,
+                urls,
+                groups[c // cfg.clients_per_key],
+                recorder,
+                random.Random(rng.random()),
+                cfg.op_timeout_s,
+                Mix(),
+            )
+            for c in range(cfg.clients)
+        ]
+        if cfg.amnesia_rounds:
+            chaos = nemesis.amnesia(cfg.amnesia_rounds)
+        else:
+            chaos = nemesis.random_faults(cfg.faults, until)
+        try:
+            await asyncio.gather(chaos, *(c.run(until) for c in clients))
+        finally:
+            await nemesis.heal_all()
+        ready = await _wait_ready(nodes, cfg.ready_timeout_s)
+        nemesis.note(f"all ready again: {ready}")
+        keys = sorted({op.key for op in recorder.ops})
+        final = await final_reads(urls, keys, recorder, cfg.op_timeout_s)
+        nemesis.find_crashes()
+        run_s = (time.monotonic_ns() - t0) / 1e9
+    result = RunResult(
+        config=cfg,
+        ops=recorder.ops,
+        check=checker.check(recorder.ops, cfg.check_budget),
+        t0_ns=t0,
+        fault_log=nemesis.log,
+        fault_counts=dict(nemesis.counts),
+        windows=nemesis.windows,
+        partitions_enabled=use_net,
+        final_read_ok=final,
+        unsent=recorder.unsent,
+        unexpected=recorder.unexpected,
+        run_s=run_s,
+        crashes=nemesis.crashes,
+        ready_after_heal=ready,
+    )
+    _save(result)
+    return result
+
+
+def _save(result: RunResult) -> None:
+    """history.jsonl (one op per line, times relative to t0) and summary.txt in the workdir."""
+    wd = result.config.workdir
+    wd.mkdir(parents=True, exist_ok=True)
+    with (wd / "history.jsonl").open("w") as out:
+        for op in result.ops:
+            d = dataclasses.asdict(op)
+            d["invoke_ns"] -= result.t0_ns
+            for k in ("complete_ns", "gave_up_ns"):
+                if d[k] is not None:
+                    d[k] -= result.t0_ns
+            out.write(json.dumps(d, default=str) + "\n")
+    (wd / "summary.txt").write_text(result.summary() + "\n")

@@ -1,0 +1,142 @@
+"""Scaling real replica processes while clients write: nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from quorumkv.client import Client, QuorumKVError
+from replicas import Replicas
+
+pytestmark = pytest.mark.integration
+
+
+class Writer:
+    """Writes unique keys through a few replicas until stopped; keeps what was acknowledged."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.acked: dict[str, bytes] = {}
+        self.failed = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        clients = [Client(url, timeout=5) for url in self.urls]
+        i = 0
+        try:
+            while not self._stop.is_set():
+                key, value = f"w{i}", f"v{i}".encode()
+                try:
+                    await clients[i % len(clients)].put(key, value)
+                    self.acked[key] = value
+                except (TimeoutError, QuorumKVError, OSError):
+                    self.failed += 1
+                    await asyncio.sleep(0.05)
+                i += 1
+        finally:
+            for client in clients:
+                await client.close()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+
+async def change(replicas: Replicas, driver: str, members: list[str],
+                 timeout: float = 120) -> dict[str, object]:
+    target = {node: replicas.urls[node] for node in members}
+    deadline = time.monotonic() + timeout
+    async with Client(replicas.urls[driver]) as client:
+        view = await client.change_membership(target)
+        while time.monotonic() < deadline:
+            view = await client.membership()
+            state = view["change"]["state"]  # type: ignore[index]
+            if state == "done":
+                return view
+            assert state != "failed", view
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"change to {members} not done in {timeout}s: {view}")
+
+
+async def assert_all_readable(url: str, acked: dict[str, bytes]) -> None:
+    async with Client(url, timeout=10) as client:
+        for key, value in acked.items():
+            got = await client.get(key)
+            assert got is not None and got.value == value, key
+
+
+async def cluster_view(url: str) -> dict[str, object]:
+    async with Client(url) as client:
+        return await client.cluster()
+
+
+async def test_scale_3_to_5_to_3_under_writes(tmp_path: Path) -> None:
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        writer = Writer([replicas.urls[n] for n in ("0", "1", "2")])
+        writer.start()
+        await asyncio.sleep(0.5)
+        for node in ("3", "4"):
+            replicas.add(node)
+            assert replicas.status(node, "/readyz") == 503  # not a member yet
+        view = await change(replicas, "0", ["0", "1", "2", "3", "4"])
+        assert view["config"]["members"] == ["0", "1", "2", "3", "4"]  # type: ignore[index]
+        replicas.wait_ready(["3", "4"])
+        info = await cluster_view(replicas.urls["4"])
+        assert info["quorum"] == 3 and len(info["members"]) == 5  # type: ignore[arg-type]
+        # the new members really hold the data: lose two old ones, read from the rest
+        await asyncio.sleep(0.5)
+        await writer.stop()
+        replicas.kill("0")
+        replicas.kill("1")
+        await assert_all_readable(replicas.urls["3"], writer.acked)
+        replicas.start("0")
+        replicas.start("1")
+        replicas.wait_ready(["0", "1"])
+        writer = Writer([replicas.urls[n] for n in ("0", "3")])
+        acked_before = dict(writer.acked)
+        writer.start()
+        await change(replicas, "0", ["0", "1", "2"])
+        await writer.stop()
+        for node in ("3", "4"):
+            replicas.kill(node)
+        await assert_all_readable(replicas.urls["2"], {**acked_before, **writer.acked})
+        assert len(writer.acked) > 0
+        info = await cluster_view(replicas.urls["1"])
+        assert [m["id"] for m in info["members"]] == ["0", "1", "2"]  # type: ignore[union-attr]
+    finally:
+        replicas.stop_all()
+
+
+async def test_change_interrupted_by_killing_its_driver_is_resumed(tmp_path: Path) -> None:
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        async with Client(replicas.urls["1"]) as client:
+            await asyncio.gather(*(client.put(f"k{i}", b"x" * 64) for i in range(1500)))
+        replicas.add("3")
+        target = {n: replicas.urls[n] for n in ("0", "1", "2", "3")}
+        async with Client(replicas.urls["0"]) as client:
+            await client.change_membership(target)
+            deadline = time.monotonic() + 30
+            while (await client.membership())["change"]["state"] != "rescanning":  # type: ignore[index]
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        replicas.kill("0")  # mid-rescan: the cluster is left in the joint configuration
+        info = await cluster_view(replicas.urls["1"])
+        assert info["joining"] == ["0", "1", "2", "3"]
+        view = await change(replicas, "2", ["0", "1", "2", "3"])  # any staying member resumes
+        assert view["config"]["members"] == ["0", "1", "2", "3"]  # type: ignore[index]
+        replicas.start("0")
+        replicas.wait_ready(["0", "3"])
+        await assert_all_readable(replicas.urls["3"], {f"k{i}": b"x" * 64 for i in range(1500)})
+    finally:
+        replicas.stop_all()

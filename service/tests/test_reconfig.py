@@ -1,0 +1,57 @@
+"""The membership-change resolver: every step decided from where the cluster is."""
+
+from __future__ import annotations
+
+from quorumkv.core import reconfig
+from quorumkv.core.quorum import Config, make_config
+
+URLS = {str(i): f"http://n{i}" for i in range(6)}
+A = make_config(1, ["0", "1", "2"], None, URLS)
+B = {n: URLS[n] for n in ["0", "1", "2", "3", "4"]}
+
+
+def test_grow_installs_joint_then_rescans_then_installs_new_set() -> None:
+    step = reconfig.next_step(A, B, rescanned=False)
+    assert isinstance(step, reconfig.Install)
+    joint = step.config
+    assert joint.epoch == 2 and joint.members == A.members and joint.joining == frozenset(B)
+    assert joint.url_map()["4"] == "http://n4"
+    assert reconfig.next_step(joint, B, rescanned=False) == reconfig.Rescan()
+    final = reconfig.next_step(joint, B, rescanned=True)
+    assert isinstance(final, reconfig.Install)
+    assert final.config.epoch == 3 and final.config.members == frozenset(B)
+    assert not final.config.is_joint
+    assert reconfig.next_step(final.config, B, rescanned=False) == reconfig.Done(final.config)
+
+
+def test_resume_after_a_crash_in_joint_rescans_again() -> None:
+    joint = make_config(7, ["0", "1", "2"], B, URLS)
+    assert reconfig.next_step(joint, B, rescanned=False) == reconfig.Rescan()
+
+
+def test_one_change_at_a_time() -> None:
+    joint = make_config(2, ["0", "1", "2"], B, URLS)
+    step = reconfig.next_step(joint, {"0": URLS["0"]}, rescanned=False)
+    assert isinstance(step, reconfig.Refused) and "in progress" in step.reason
+
+
+def test_installing_quorum_covers_both_sides() -> None:
+    joint = make_config(2, ["0", "1", "2"], B, URLS)
+    final = make_config(3, B, None, URLS)
+    assert reconfig.installing_quorum(joint, A) == joint
+    assert reconfig.installing_quorum(final, joint) == joint
+    assert not joint.is_quorum({"0", "1"})  # old majority alone is not enough
+    assert joint.is_quorum({"0", "1", "3"})
+
+
+def test_config_json_round_trip_and_strictness() -> None:
+    joint = make_config(2, ["0", "1", "2"], B, URLS)
+    assert Config.from_json(joint.to_json()) == joint
+    for bad in (None, {"epoch": 0, "members": ["0"], "urls": {"0": "u"}},
+                {"epoch": 1, "members": ["0"], "urls": {}},
+                {"epoch": 1, "members": [], "urls": {}}):
+        try:
+            Config.from_json(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad!r}")
