@@ -18,7 +18,7 @@ from quorumkv.core.quorum import Config, make_config
 from quorumkv.metrics import Metrics
 from quorumkv.replication.antientropy import AntiEntropy
 from quorumkv.replication.coordinator import Coordinator
-from quorumkv.replication.local_acceptor import LocalAcceptor
+from quorumkv.replication.local_acceptor import META_FLOOR, LocalAcceptor
 from quorumkv.replication.membership import Membership, config_from_meta, known_from_meta
 from quorumkv.replication.reconfig import MembershipChanger
 from quorumkv.replication.transport import PeerLink
@@ -67,7 +67,8 @@ class Node:
         self.metrics = metrics or Metrics()
         storage, self.incarnation, self.boot = open_storage(settings)
         self._committer = GroupCommitter(storage, self.metrics.observe_commit)
-        self.local = LocalAcceptor(self._committer, storage.load())
+        self.local = LocalAcceptor(self._committer, storage.load(),
+                                   int(storage.get_meta(META_FLOOR) or "0"))
         config = config_from_meta(storage.get_meta) or bootstrap_config(settings)
         self.membership = Membership(
             settings.node_id, self.incarnation, config,

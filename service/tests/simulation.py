@@ -2,8 +2,9 @@
 
 Acceptors are the real `core.acceptor` functions; clients drive the real `core.proposer`
 state machine (prepare, the one-round-trip accept path, fast reads). The network loses,
-delays, reorders and duplicates messages; acceptors crash and restart (keeping their durable
-state, or — in the deliberately broken mode — forgetting it). Everything comes from one seed.
+delays, reorders and duplicates messages; acceptors crash and restart exactly as replicas do:
+they keep what was committed (accepted states and the promise floor) and lose the promises
+kept in memory (or, in the deliberately broken mode, everything). One seed decides it all.
 
 The checks are exact because every register carries its lineage: each written version records
 the version it was computed from. Then (1) every value chosen by a quorum must descend from
@@ -36,6 +37,7 @@ class Faults:
     crash_rate: float = 0.0  # per tick, per acceptor
     downtime: int = 50
     amnesia: bool = False  # BROKEN on purpose: a restarted acceptor forgets everything
+    no_floor: bool = False  # BROKEN on purpose: promises are lost on restart, no floor
 
 
 @dataclasses.dataclass
@@ -72,6 +74,8 @@ class Simulation:
         self.config = Config(1, frozenset(self.nodes))
         self.faults = faults
         self.state: dict[str, dict[str, AcceptorState]] = {n: {} for n in self.nodes}
+        self.persisted: dict[str, dict[str, AcceptorState]] = {n: {} for n in self.nodes}
+        self.floor: dict[str, int] = {n: 0 for n in self.nodes}
         self.down_until: dict[str, int] = {}
         self.keys = [f"k{i}" for i in range(keys)]
         self.clients = [ClientState(i, f"c{i}", ops) for i in range(clients)]
@@ -103,16 +107,21 @@ class Simulation:
         if self.is_down(node):
             return
         states = self.state[node]
-        state = states.get(request.key, INITIAL)
+        state = states.get(request.key, acceptor.restored(INITIAL, self.floor[node]))
         reply: Reply
         if isinstance(request, Read):
             reply = acceptor.Promise(state.accepted, state.register)
         elif isinstance(request, Prepare):
             state, reply = acceptor.prepare(state, request.ballot)
+            raised = acceptor.raised_floor(request.ballot, self.floor[node])
+            if isinstance(reply, acceptor.Promise) and raised is not None \
+                    and not self.faults.no_floor:
+                self.floor[node] = raised  # durable before the reply is sent
         else:
             state, reply = acceptor.accept(state, request.ballot, request.register,
                                            request.next_promise)
             if isinstance(reply, acceptor.Accepted):
+                self.persisted[node][request.key] = state
                 self.note_accept(node, request)
         states[request.key] = state
         self.send(("reply", client, node, request, reply))
@@ -137,7 +146,11 @@ class Simulation:
                 continue  # keep a majority up so the run makes progress
             self.down_until[node] = self.now + self.faults.downtime
             if self.faults.amnesia:
-                self.state[node] = {}
+                self.state[node], self.persisted[node], self.floor[node] = {}, {}, 0
+            else:  # promises in memory are lost; the floor covers them
+                floor = self.floor[node]
+                self.state[node] = {key: acceptor.restored(state, floor)
+                                    for key, state in self.persisted[node].items()}
 
     # -- clients ---------------------------------------------------------------------------
     def new_change(self, client: ClientState, key: str) -> Change:

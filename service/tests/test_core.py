@@ -193,3 +193,15 @@ def test_fast_read_needs_agreeing_quorum_else_writes_back() -> None:
     prop, action = proposer.on_reply(prop, "b", send.message, Promise(ZERO, EMPTY))
     assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
     assert action.message.ballot > B1
+
+
+def test_promise_floor_covers_promises_lost_in_a_restart() -> None:
+    assert acceptor.raised_floor(Ballot(5, "a", 1), floor=10) is None
+    raised = acceptor.raised_floor(Ballot(10, "a", 1), floor=10)
+    assert raised is not None and raised > 10
+    promised, _ = acceptor.prepare(INITIAL, Ballot(9, "a", 1))
+    back = acceptor.restored(INITIAL, floor=10)  # the promise of 9 was in memory only
+    _, reply = acceptor.accept(back, Ballot(9, "b", 1), Register(b"v", B1), None)
+    assert isinstance(reply, Conflict)  # what it promised not to accept, it still refuses
+    kept = acceptor.restored(promised._replace(promised=Ballot(20, "a", 1)), floor=10)
+    assert kept.promised == Ballot(20, "a", 1)

@@ -42,6 +42,28 @@ def test_contention_without_faults_mostly_completes() -> None:
     assert sim.summary().get("ok", 0) >= 180
 
 
+PROMISE_LOSS = dict(loss=0.1, duplicate=0.1, max_delay=20, crash_rate=0.01, downtime=20)
+
+
+def test_promises_lost_on_restart_are_covered_by_the_floor() -> None:
+    for seed in range(100):
+        sim = Simulation(seed, acceptors=3, clients=4, ops=40, keys=1,
+                         faults=Faults(**PROMISE_LOSS))  # type: ignore[arg-type]
+        sim.run()
+        assert sim.violations() == [], seed
+
+
+def test_checker_catches_promise_loss_without_floor() -> None:
+    """Proves the simulation exercises lost promises: without the floor they break safety."""
+    caught = 0
+    for seed in range(100):
+        sim = Simulation(seed, acceptors=3, clients=4, ops=40, keys=1,
+                         faults=Faults(**PROMISE_LOSS, no_floor=True))  # type: ignore[arg-type]
+        sim.run()
+        caught += bool(sim.violations())
+    assert caught > 0
+
+
 def test_checker_catches_acceptor_amnesia() -> None:
     """The deliberately broken mode: acceptors that forget on restart must be caught."""
     caught = 0

@@ -4,6 +4,12 @@ Replies are sent only after the new state is durable (the caller's job); these f
 decide. The one-round-trip optimisation of CASPaxos is built in: an accept may carry the
 promise for the proposer's next ballot, so that proposer's next change to the key can skip
 the prepare phase.
+
+Promises made by a prepare are kept in memory only, so a prepare costs no fsync. What makes
+that safe is the promise floor: a durable counter above every promise this acceptor ever made.
+A prepare at or above the floor raises it durably first (rarely: by a large step). After a
+restart every key counts as promised at the floor, so the acceptor refuses every ballot it
+might have promised to refuse before it crashed.
 """
 
 from __future__ import annotations
@@ -21,6 +27,25 @@ class AcceptorState(NamedTuple):
 
 
 INITIAL = AcceptorState(ZERO, ZERO, EMPTY)
+FLOOR_STEP = 1 << 16  # how far a promise floor is raised at a time
+
+
+def floor_ballot(floor: int) -> Ballot:
+    """The lowest ballot an acceptor restarted with `floor` may still promise or accept."""
+    return Ballot(floor, "", 0)
+
+
+def restored(state: AcceptorState, floor: int) -> AcceptorState:
+    """A key's state as reloaded after a restart: its in-memory promise is replaced by the
+    floor, which is at least as high as any promise that was lost."""
+    if state.promised >= floor_ballot(floor):
+        return state
+    return state._replace(promised=floor_ballot(floor))
+
+
+def raised_floor(ballot: Ballot, floor: int) -> int | None:
+    """The new floor to make durable before promising `ballot`, or None if it is below it."""
+    return ballot.counter + FLOOR_STEP if ballot.counter >= floor else None
 
 
 class Promise(NamedTuple):

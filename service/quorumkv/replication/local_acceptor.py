@@ -1,8 +1,10 @@
-"""This replica's acceptor: every key's state in memory, replies only once durable.
+"""This replica's acceptor: every key's state in memory, replies only once safe to send.
 
-State changes are applied to memory at once (so messages are judged in arrival order) and
-staged for the next group commit; the reply waits for that commit. Reads wait too if the key
-has a staged change, so nothing is ever reported that a crash could still lose.
+State changes are applied to memory at once (so messages are judged in arrival order). An
+accept is staged for the next group commit and its reply waits for that commit. A promise
+stays in memory: the durable promise floor (see `core.acceptor`) covers it, so a prepare
+waits only in the rare case that the floor must be raised first. Reads wait if the key has a
+staged change, so nothing is ever reported that a crash could still lose.
 """
 
 from __future__ import annotations
@@ -17,32 +19,34 @@ from quorumkv.core.messages import Prepare, Read, Reply, Request
 from quorumkv.replication.digests import BUCKETS, Digests, bucket_of
 from quorumkv.storage.committer import GroupCommitter
 
+META_FLOOR = "promise_floor"
+
 
 class LocalAcceptor:
-    def __init__(self, committer: GroupCommitter, states: Iterable[tuple[str, AcceptorState]]):
+    def __init__(self, committer: GroupCommitter, states: Iterable[tuple[str, AcceptorState]],
+                 floor: int) -> None:
+        """`floor` is the durable promise floor the storage held at start."""
         self._committer = committer
+        self._floor = floor  # highest floor staged
+        self._durable_floor = floor  # highest floor known to be on disk
+        self._floor_commit: asyncio.Future[None] | None = None
+        self._initial = acceptor.restored(INITIAL, floor)
         self._states: dict[str, AcceptorState] = {}
         self._bucket_keys: list[set[str]] = [set() for _ in range(BUCKETS)]
         self.digests = Digests()
         for key, state in states:
-            self._store(key, INITIAL, state)
+            self._store(key, INITIAL, acceptor.restored(state, floor))
 
     def __len__(self) -> int:
         return len(self._states)
 
     def state(self, key: str) -> AcceptorState:
-        return self._states.get(key, INITIAL)
+        return self._states.get(key, self._initial)
 
     def seen(self, key: str) -> Ballot:
         """The highest ballot this acceptor knows for `key`: where a new proposal starts."""
-        state = self._states.get(key, INITIAL)
+        state = self._states.get(key, self._initial)
         return max(state.promised, state.accepted)
-
-    async def handle(self, request: Request) -> Reply:
-        reply, durable = self.apply(request)
-        if durable is not None:
-            await asyncio.shield(durable)
-        return reply
 
     def apply(self, request: Request) -> tuple[Reply, asyncio.Future[None] | None]:
         """Judge `request` now; the reply may be sent once the returned commit is done.
@@ -51,19 +55,39 @@ class LocalAcceptor:
         two proposals of this node can never pick the same ballot.
         """
         key = request.key
-        state = self._states.get(key, INITIAL)
+        state = self._states.get(key, self._initial)
         if isinstance(request, Read):
             return Promise(state.accepted, state.register), self._committer.durable(key)
         reply: Reply
         if isinstance(request, Prepare):
             new, reply = acceptor.prepare(state, request.ballot)
-        else:
-            new, reply = acceptor.accept(state, request.ballot, request.register,
-                                         request.next_promise)
+            if new is state:
+                return reply, None
+            self._store(key, state, new)
+            return reply, self._floor_covering(request.ballot)
+        new, reply = acceptor.accept(state, request.ballot, request.register,
+                                     request.next_promise)
         if new is state:
             return reply, None
         self._store(key, state, new)
         return reply, self._committer.stage(key, new)
+
+    def _floor_covering(self, ballot: Ballot) -> asyncio.Future[None] | None:
+        """The commit after which a promise of `ballot` is covered by a durable floor."""
+        raised = acceptor.raised_floor(ballot, self._floor)
+        if raised is not None:
+            self._floor = raised
+            commit = self._committer.stage_meta(META_FLOOR, str(raised))
+            self._floor_commit = commit
+            commit.add_done_callback(lambda f: self._floor_durable(raised, f))
+            return commit
+        if ballot.counter >= self._durable_floor:
+            return self._floor_commit
+        return None
+
+    def _floor_durable(self, floor: int, commit: asyncio.Future[None]) -> None:
+        if not commit.cancelled() and commit.exception() is None:
+            self._durable_floor = max(self._durable_floor, floor)
 
     def _store(self, key: str, old: AcceptorState, new: AcceptorState) -> None:
         if key not in self._states:

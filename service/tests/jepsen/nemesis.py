@@ -151,29 +151,31 @@ class Nemesis:
                 found.append(what)
         return found
 
-    async def amnesia(self, rounds: int, hold: float = 1.5) -> None:
+    async def amnesia(self, rounds: int, hold: float = 2.0) -> None:
         """The unsafe script (3 nodes a, b, c), repeated `rounds` times:
 
-        1. pause c: writes are now acknowledged by a and b only;
-        2. pause a: the newest writes live on a (frozen) and b;
-        3. kill -9 b and restart it: in volatile mode it comes back empty, same identity;
-        4. resume c: b and c are a majority that never saw the newest writes — reads served
-           by them return older values (and write-backs bury the newer ones);
-        5. resume a.
+        1. kill -9 c: writes are now acknowledged by a and b only;
+        2. pause a (SIGSTOP): the newest writes now live only on a (frozen) and b;
+        3. kill -9 b and restart it, then restart c: in volatile mode both come back empty
+           under their old identities, and b + c are a majority that never saw any of it —
+           reads through them return absent or old values, write-backs bury the newer ones;
+        4. resume a.
+
+        (Pausing c instead of killing it would not do: the messages sent to a stopped process
+        wait in its socket buffers and are applied as soon as it resumes.)
         """
         ids = sorted(self.procs)
         for r in range(rounds):
             a, b, c = self.rng.sample(ids, 3)
-            self.procs[c].pause()
-            self.note(f"amnesia round {r}: SIGSTOP {c}")
+            self.procs[c].kill()
+            self.note(f"amnesia round {r}: kill -9 {c}")
             await asyncio.sleep(hold)
             self.procs[a].pause()
             self.note(f"SIGSTOP {a} (holds the newest writes with {b})")
             self.procs[b].kill()
             self.procs[b].start()
-            self.note(f"kill -9 + restart {b} (amnesia)")
-            self.procs[c].resume()
-            self.note(f"SIGCONT {c}: {b}+{c} are a majority without the newest writes")
+            self.procs[c].start()
+            self.note(f"kill -9 + restart {b}, restart {c}: both empty, a majority")
             await asyncio.sleep(2 * hold)
             self.procs[a].resume()
             self.note(f"SIGCONT {a}")

@@ -43,6 +43,7 @@ class RunConfig:
     op_timeout_s: float = 2.5  # client side; past it an op is indeterminate
     faults: tuple[str, ...] = FAULT_KINDS  # for the random nemesis
     amnesia_rounds: int = 0  # > 0: run the unsafe amnesia script instead
+    amnesia_hold_s: float = 2.0  # length of each phase of that script
     volatile: bool = False  # QUORUMKV_UNSAFE_VOLATILE=1 on the replicas
     first_host: int = 2  # replicas on 127.0.0.<first_host>…
     ready_timeout_s: float = 30.0
@@ -218,7 +219,7 @@ async def run(cfg: RunConfig) -> RunResult:
             for c in range(cfg.clients)
         ]
         if cfg.amnesia_rounds:
-            chaos = nemesis.amnesia(cfg.amnesia_rounds)
+            chaos = nemesis.amnesia(cfg.amnesia_rounds, cfg.amnesia_hold_s)
         else:
             chaos = nemesis.random_faults(cfg.faults, until)
         try:
