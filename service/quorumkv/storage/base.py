@@ -1,7 +1,10 @@
 """The storage contract.
 
-Methods are blocking and called from one writer thread only (see `committer`), so an
-implementation needs no locking of its own.
+Calls never overlap (the group committer orders them), so an implementation needs no
+locking of its own. `write` runs on the event loop and must be cheap; `sync` is the slow,
+durable part and runs in a worker thread. Splitting them matters in Python: a thread that
+needs the GIL back while the event loop is busy waits up to the switch interval each time,
+so the worker thread should take and release it as few times as possible (once per fsync).
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ class Storage(Protocol):
         """Every key's state, as last committed. Called once, at start, before any commit."""
         ...
 
-    def commit(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
-        """Write all of `states` and `meta` atomically.
+    def write(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
+        """Stage all of `states` and `meta` as one atomic batch; nothing is durable yet."""
+        ...
 
-        When this returns the batch is durable: it survives `kill -9` of the process and a
-        power loss (fsync). If it raises, nothing of the batch may be assumed written.
+    def sync(self) -> None:
+        """Make the batch staged by `write` durable, atomically.
+
+        When this returns the batch survives `kill -9` of the process and a power loss
+        (fsync). If it raises, nothing of the batch may be assumed written.
         """
         ...
 

@@ -1,4 +1,4 @@
-"""Group commit: one writer thread, one fsync per batch of everything that arrived meanwhile.
+"""Group commit: one fsync per batch of everything that arrived meanwhile.
 
 Callers stage a key's new state and await the returned future; it resolves once the batch that
 holds it is durable. While one batch is being written the next one fills up, so under load
@@ -68,8 +68,8 @@ class GroupCommitter:
                 self._pending, self._pending_meta, self._pending_done = {}, {}, None
                 started = time.perf_counter()
                 try:
-                    await loop.run_in_executor(
-                        self._executor, self._storage.commit, self._inflight, meta)
+                    self._storage.write(self._inflight, meta)
+                    await loop.run_in_executor(self._executor, self._storage.sync)
                 except Exception as exc:
                     self.failure = exc
                     done.set_exception(exc)

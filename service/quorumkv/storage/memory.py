@@ -21,9 +21,11 @@ class MemoryStorage:
     def load(self) -> Iterator[tuple[str, AcceptorState]]:
         yield from list(self.states.items())
 
-    def commit(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
+    def write(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
         self.states.update(states)
         self.meta.update(meta)
+
+    def sync(self) -> None:
         self.commits += 1
 
     def get_meta(self, name: str) -> str | None:

@@ -39,7 +39,7 @@ class SQLiteStorage:
         for key, small, value in self._db.execute("SELECT key, state, value FROM registers"):
             yield key, state_from_row(msgpack.unpackb(small), value)
 
-    def commit(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
+    def write(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
         rows = []
         for key, state in states.items():
             small, value = state_to_row(state)
@@ -48,10 +48,22 @@ class SQLiteStorage:
         try:
             self._db.executemany("INSERT OR REPLACE INTO registers VALUES (?, ?, ?)", rows)
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
-            self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def sync(self) -> None:
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def commit(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
+        """`write` then `sync`, for start-up bookkeeping outside the committer."""
+        self.write(states, meta)
+        self.sync()
 
     def get_meta(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
