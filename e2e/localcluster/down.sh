@@ -25,10 +25,21 @@ stop_daemon() {
     rm -f "$RUN_DIR/$name.pid"
 }
 
+# stop_daemons NAME...: the same for several components at once.
+stop_daemons() {
+    local n pids=() names=() i
+    for n in "$@"; do
+        if p=$(daemon_pid "$n"); then pids+=("$p"); names+=("$n"); kill -TERM "$p" 2>/dev/null; fi
+        rm -f "$RUN_DIR/$n.pid"
+    done
+    ((${#pids[@]})) || return 0
+    log "stopping ${names[*]}"
+    for ((i = 0; i < 50; i++)); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+}
+
 # 1. Stop the node agents first, so nothing restarts pods while we kill them.
-stop_daemon kubelet 10
-stop_daemon kube-proxy 5
-stop_daemon coredns 5
+stop_daemons kubelet kube-proxy coredns
 
 # 2. Kill all containers: first through containerd (so it cleans up its shims), then any
 #    process still in the pods' cgroups, and the shims that served our containerd.
@@ -56,16 +67,14 @@ done
 stop_daemon containerd 10
 # Shims of our containerd (they outlive it by design) carry our socket in their command line.
 for p in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
     if [[ $cmd == containerd-shim* || $cmd == */containerd-shim* ]] && [[ $cmd == *"$CONTAINERD_SOCK"* ]]; then
         log "killing leftover shim ${p#/proc/}"; kill -KILL "${p#/proc/}" 2>/dev/null
     fi
 done
 
 # 3. Control plane.
-stop_daemon kube-scheduler 5
-stop_daemon kube-controller-manager 5
-stop_daemon kube-apiserver 15
+stop_daemons kube-scheduler kube-controller-manager kube-apiserver
 stop_daemon etcd 10
 
 # 4. Unmount everything under our directories (deepest first), and the pod network namespaces
@@ -98,8 +107,22 @@ done
 if [[ -x $K8S_BIN/kube-proxy ]]; then
     "$K8S_BIN/kube-proxy" --cleanup >>"$LOG_DIR/kube-proxy.log" 2>&1 || log "kube-proxy --cleanup reported errors (see $LOG_DIR/kube-proxy.log)"
 fi
-while iptables -D FORWARD -j QKV-FORWARD 2>/dev/null; do :; done
-iptables -F QKV-FORWARD 2>/dev/null && iptables -X QKV-FORWARD 2>/dev/null
+# What kube-proxy --cleanup leaves: the kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY,
+# KUBE-IPTABLES-HINT, ...). Every KUBE-* chain on this host is ours: no other Kubernetes runs here.
+for ipt in iptables ip6tables; do
+    command -v $ipt >/dev/null || continue
+    for table in filter nat mangle raw; do
+        $ipt -t $table -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|QKV-)' | grep -vE '^-A (KUBE-|QKV-)' | while read -r _ rule; do
+            eval "$ipt -t $table -D $rule" 2>/dev/null
+        done
+        for chain in $($ipt -t $table -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|QKV-)/ {print $2}'); do
+            $ipt -t $table -F "$chain" 2>/dev/null
+        done
+        for chain in $($ipt -t $table -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|QKV-)/ {print $2}'); do
+            $ipt -t $table -X "$chain" 2>/dev/null
+        done
+    done
+done
 while read -r dst _; do ip route del "$dst" 2>/dev/null; done < <(ip -4 route show | awk '$1 ~ /^10\.88\./ {print}')
 if ip link show "$DUMMY_IF" >/dev/null 2>&1; then log "removing interface $DUMMY_IF"; ip link del "$DUMMY_IF"; fi
 
@@ -108,13 +131,13 @@ if [[ -d $STATE_DIR ]]; then
     find "$STATE_DIR" -mindepth 1 -maxdepth 1 ! -name logs ! -name .lock -exec rm -rf {} + 2>/dev/null \
         || log "warning: could not remove everything in $STATE_DIR (still mounted?)"
 fi
-rm -rf "$CONTAINERD_STATE" "$HOSTPATH_PV_DIR"
+rm -rf "$CONTAINERD_STATE" "$HOSTPATH_PV_DIR" "$(dirname "$CONTAINERD_SOCK")"
 find /var/log/containers -maxdepth 1 -type l -lname "$STATE_DIR/*" -delete 2>/dev/null
 
 # 7. Check.
 left=""
 for p in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
     case "$cmd" in "$K8S_BIN"/*|*"$CONTAINERD_SOCK"*|*"$STATE_DIR/containerd.toml"*) left+=" ${p#/proc/}";; esac
 done
 [[ -z $left ]] || log "warning: processes still running:$left"

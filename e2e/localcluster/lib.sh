@@ -67,7 +67,7 @@ start_daemon() {
     if daemon_pid "$name" >/dev/null; then log "$name already running (pid $(daemon_pid "$name"))"; return 0; fi
     echo "$1" >"$RUN_DIR/$name.cmd"
     printf '\n===== %s starting: %s\n' "$(date -Is)" "$*" >>"$LOG_DIR/$name.log"
-    setsid "$@" </dev/null >>"$LOG_DIR/$name.log" 2>&1 &
+    setsid "$@" </dev/null >>"$LOG_DIR/$name.log" 2>&1 9>&- &   # 9 = our lock fd
     echo $! >"$RUN_DIR/$name.pid"
     log "started $name (pid $!, log $LOG_DIR/$name.log)"
 }

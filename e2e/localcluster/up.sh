@@ -47,8 +47,10 @@ fi
 
 # --- 3. host network ---------------------------------------------------------------------
 if ! ip link show "$DUMMY_IF" >/dev/null 2>&1; then
-    log "adding dummy interface $DUMMY_IF with $NODE_IP (node, API server and DNS address)"
-    ip link add "$DUMMY_IF" type dummy
+    log "adding interface $DUMMY_IF with $NODE_IP (node, API server and DNS address)"
+    # A dummy interface where the kernel has the driver; otherwise (as here) an empty bridge,
+    # which is built in and just as inert: no ports, only a local address.
+    ip link add "$DUMMY_IF" type dummy 2>/dev/null || ip link add "$DUMMY_IF" type bridge
 fi
 ip addr replace "$NODE_IP/32" dev "$DUMMY_IF"
 ip link set "$DUMMY_IF" up

@@ -1,0 +1,3 @@
+module quorumkv.dev/localcluster/probe
+
+go 1.24.0
