@@ -33,7 +33,7 @@ case "${1:-}" in
         kind_of="$(which_cluster)"
         log "cluster: $kind_of"
         if [ "$kind_of" = kind ]; then
-            exec bash "$REPO_ROOT/e2e/kind/up.sh" --cluster-only
+            exec bash "$REPO_ROOT/e2e/kind/up.sh"
         fi
         kubeconfig="$(bash "$REPO_ROOT/e2e/localcluster/up.sh")"
         bash "$REPO_ROOT/e2e/image/build.sh" "$IMAGE" >/dev/null
