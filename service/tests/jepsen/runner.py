@@ -44,7 +44,7 @@ class RunConfig:
     faults: tuple[str, ...] = FAULT_KINDS  # for the random nemesis
     amnesia_rounds: int = 0  # > 0: run the unsafe amnesia script instead
     amnesia_hold_s: float = 2.0  # length of each phase of that script
-    mix: Mix = Mix()  # weights of reads, writes, CAS, creates, deletes
+    mix: Mix = dataclasses.field(default_factory=Mix)  # weights of the op kinds
     volatile: bool = False  # QUORUMKV_UNSAFE_VOLATILE=1 on the replicas
     first_host: int = 2  # replicas on 127.0.0.<first_host>…
     ready_timeout_s: float = 30.0
