@@ -74,6 +74,7 @@ class Node:
             settings.node_id, self.incarnation, config,
             known_from_meta(storage.get_meta, set(config.voters)), self._committer.stage_meta)
         self.membership.on_change(self._configuration_changed)
+        self.membership.on_join(self._joined)
         self._session: aiohttp.ClientSession | None = None
         self.links: dict[str, PeerLink] = {}
         self.coordinator: Coordinator | None = None
@@ -124,6 +125,14 @@ class Node:
             self._link_voters(config)
         if self.coordinator is not None:
             self.coordinator.forget_promises()
+
+    def _joined(self) -> asyncio.Future[None] | None:
+        """Added as a voter: start from nothing and catch up again before being ready."""
+        log.info("joined the membership: forgetting any earlier state",
+                 extra={"keys": len(self.local)})
+        if self.antientropy is not None:
+            self.antientropy.synced_with.clear()
+        return self.local.forget_all()
 
     async def stop(self) -> None:
         if self.changer is not None:

@@ -16,6 +16,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jepsen import checker, model, report
+from jepsen.etags import check_etags
 from jepsen.history import Kind, Op, Outcome
 
 OK, FAIL, INFO = Outcome.OK, Outcome.FAIL, Outcome.INFO
@@ -193,6 +194,19 @@ def test_failure_report_names_key_and_culprit() -> None:
 def test_budget_exhaustion_is_unknown_not_valid() -> None:
     hist = [w(i, i + 100, f"v{i}", process=i) for i in range(12)] + [r(200, 201, "v3")]
     assert checker.check(hist, budget=5).valid is None
+
+
+def test_etags_must_name_values_one_to_one() -> None:
+    good = [
+        dataclasses_replace(w(0, 1, "a"), etag='"1"'),
+        dataclasses_replace(r(2, 3, "a"), etag='"1"'),
+        dataclasses_replace(w(4, 5, "b"), etag='"2"'),
+    ]
+    assert check_etags(good).ok and not check_etags(good).drifting
+    reused = [*good, dataclasses_replace(r(6, 7, "c"), etag='"2"')]
+    assert not check_etags(reused).ok and "BUG" in check_etags(reused).describe()
+    drift = [*good, dataclasses_replace(r(6, 7, "b"), etag='"3"')]
+    assert check_etags(drift).ok and check_etags(drift).drifting
 
 
 # --- property: sequential executions, arbitrarily stretched, are always linearizable -------

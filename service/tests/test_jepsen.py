@@ -175,6 +175,7 @@ async def test_linearizable_and_available_under_faults(tmp_path: Path) -> None:
     check = result.check
     assert check.valid is True, "history not linearizable (or undecided); see the report above"
     assert result.ready_after_heal, "not every replica was ready again after healing"
+    assert result.etags.ok, "one etag was returned for two values:\n" + result.etags.describe()
     assert all(result.final_read_ok.values()), "some key could not be read after healing"
     # progress: thousands of ops normally; a stalled cluster would manage a handful
     min_ok = int(20 * cfg.duration_s)

@@ -140,3 +140,26 @@ async def test_change_interrupted_by_killing_its_driver_is_resumed(tmp_path: Pat
         await assert_all_readable(replicas.urls["3"], {f"k{i}": b"x" * 64 for i in range(1500)})
     finally:
         replicas.stop_all()
+
+
+async def test_a_removed_member_added_back_forgets_its_stale_state(tmp_path: Path) -> None:
+    """A kept data directory (a retained PVC) re-enters empty, then catches up by rescan."""
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        replicas.add("3")
+        four = ["0", "1", "2", "3"]
+        await change(replicas, "0", four)
+        async with Client(replicas.urls["1"]) as client:
+            await client.put("k", b"old")
+        await change(replicas, "0", ["0", "1", "2"])  # node 3 keeps running, with its data
+        async with Client(replicas.urls["1"]) as client:
+            await client.put("k", b"new")
+            await client.put("later", b"x")
+        await change(replicas, "1", four)
+        assert replicas.log("3").count("joined the membership") == 2
+        replicas.wait_ready(["3"])
+        replicas.kill("0")  # a quorum of 3 out of 4 must now include node 3
+        await assert_all_readable(replicas.urls["3"], {"k": b"new", "later": b"x"})
+    finally:
+        replicas.stop_all()

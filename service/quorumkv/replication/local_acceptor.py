@@ -35,7 +35,8 @@ class LocalAcceptor:
         self._bucket_keys: list[set[str]] = [set() for _ in range(BUCKETS)]
         self.digests = Digests()
         for key, state in states:
-            self._store(key, INITIAL, acceptor.restored(state, floor))
+            if state.accepted != INITIAL.accepted:  # rows of forgotten keys hold nothing
+                self._store(key, INITIAL, acceptor.restored(state, floor))
 
     def __len__(self) -> int:
         return len(self._states)
@@ -101,3 +102,17 @@ class LocalAcceptor:
 
     def keys(self) -> list[str]:
         return list(self._states)
+
+    def forget_all(self) -> asyncio.Future[None] | None:
+        """Drop every key's state (durably: each row is overwritten with an empty state).
+
+        Promises need no keeping: the durable floor covers them. Returns the commit to wait
+        for, or None when there was nothing to forget.
+        """
+        commit = None
+        for key in list(self._states):
+            commit = self._committer.stage(key, INITIAL)
+        self._states.clear()
+        self._bucket_keys = [set() for _ in range(BUCKETS)]
+        self.digests = Digests()
+        return commit

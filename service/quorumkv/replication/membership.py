@@ -11,6 +11,11 @@ and replies from another incarnation of that node id are refused. So a replica t
 disk comes back as a stranger: it cannot vote with promises it has forgotten, and it knows it
 (`stale`), so it reports itself not ready. Removing a node from the membership forgets its
 incarnation, so it can be added back later with a new disk through the same change procedure.
+
+A node that becomes a voter (added by a change) forgets every acceptor state it had before it
+acknowledges the configuration: a stale data directory from an earlier membership (a PVC kept
+after a scale-down) could otherwise bring back an old accepted value at a high ballot and
+override newer writes. The change's rescan then gives it the current values.
 """
 
 from __future__ import annotations
@@ -47,16 +52,24 @@ class Membership:
         self._known[node_id] = incarnation
         self._persist = persist
         self._listeners: list[Callable[[Config], None]] = []
+        self._on_join: Callable[[], asyncio.Future[None] | None] | None = None
         self.refused_by: set[str] = set()  # peers that know this node id as another incarnation
 
     def on_change(self, listener: Callable[[Config], None]) -> None:
         self._listeners.append(listener)
+
+    def on_join(self, forget: Callable[[], asyncio.Future[None] | None]) -> None:
+        """`forget` drops this node's acceptor state when it becomes a voter; returns its
+        commit."""
+        self._on_join = forget
 
     def adopt(self, config: Config) -> asyncio.Future[None] | None:
         """Take `config` if it is newer; returns the commit to wait for before acting on it."""
         if config.epoch <= self.config.epoch:
             return None
         old, self.config = self.config, config
+        joined = self.node_id in config.voters and self.node_id not in old.voters
+        forgotten = self._on_join() if joined and self._on_join is not None else None
         for node in old.voters - config.voters:
             if node != self.node_id:
                 self._known.pop(node, None)
@@ -67,6 +80,8 @@ class Membership:
         durable = self._persist(META_CONFIG, orjson.dumps(config.to_json()).decode())
         for listener in self._listeners:
             listener(config)
+        # staged back to back, the forgetting and the configuration share one group commit
+        assert forgotten is None or forgotten is durable
         return durable
 
     @property

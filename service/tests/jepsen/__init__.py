@@ -6,6 +6,7 @@ Layers, from pure to I/O (each module imports only those above it):
 - `history`  — the operation records (pure data).
 - `model`    — the sequential specification of one key: a register that may be absent.
 - `checker`  — per-key linearizability search and the minimal failing window (pure).
+- `etags`    — versions must name values one-to-one (pure; what the model cannot see).
 - `report`   — human-readable text for results and run summaries (pure).
 - `procs`    — start / kill -9 / pause / restart `quorumkv serve` (or any) processes.
 - `netfault` — network partitions between loopback addresses with iptables.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import checker, report
 from .checker import CheckResult
+from .etags import EtagReport, check_etags
 from .history import Op, Outcome
 from .nemesis import FAULT_KINDS, Nemesis, Window
 from .netfault import Partitioner, iptables_usable
@@ -81,6 +82,7 @@ class RunResult:
     unexpected: Counter[str]
     run_s: float
     crashes: list[str]  # replicas that exited without being killed: server bugs
+    etags: EtagReport
     ready_after_heal: bool
 
     @property
@@ -132,6 +134,7 @@ class RunResult:
                 f"{answered}/{sent} ops to unaffected nodes answered"
             )
         lines.append(report.format_check(self.check, self.t0_ns))
+        lines.append(self.etags.describe())
         return "\n".join(lines)
 
 
@@ -247,6 +250,7 @@ async def run(cfg: RunConfig) -> RunResult:
         unexpected=recorder.unexpected,
         run_s=run_s,
         crashes=nemesis.crashes,
+        etags=check_etags(recorder.ops),
         ready_after_heal=ready,
     )
     _save(result)
