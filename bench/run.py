@@ -54,7 +54,11 @@ WORKLOADS: dict[str, tuple[str, str, int | None, int | None]] = {
     "create": ("etcd_txn_create.lua", "qkv_create.lua", None, None),
     "put_1conn": ("etcd_put.lua", "qkv_put.lua", 1, 1),
     "get_1conn": ("etcd_range.lua", "qkv_get.lua", 1, 1),
+    # experiments: each wrk thread uses only the keys "homed" on the member it talks to
+    "put_home": ("etcd_put.lua", "qkv_put.lua", None, None),
+    "get_home": ("etcd_range.lua", "qkv_get.lua", None, None),
 }
+PARTITIONED = {"put_home", "get_home"}
 DEFAULT_WORKLOADS = "put,get,create,put_1conn"
 
 LABELS = {
@@ -64,6 +68,8 @@ LABELS = {
                "PUT If-None-Match: *"),
     "put_1conn": ("PUT, 1 connection", "put, wrk -c1 -t1", "PUT, wrk -c1 -t1"),
     "get_1conn": ("GET, 1 connection", "range, wrk -c1 -t1", "GET, wrk -c1 -t1"),
+    "put_home": ("PUT, keys routed to a home member", "put", "PUT"),
+    "get_home": ("GET, keys routed to a home member", "range", "GET"),
 }
 
 # target: (metric, comparison, factor, description)
@@ -319,8 +325,12 @@ class Etcd(Cluster):
 class QuorumKV(Cluster):
     name = "quorumkv"
 
-    def __init__(self, workdir: Path, binary: str, mode: str, replicas: int = 3) -> None:
+    def __init__(self, workdir: Path, binary: str, mode: str, replicas: int = 3,
+                 name: str = "quorumkv", env: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
+        self.name = name
+        self.tag = name.replace(":", "-")
+        self.extra_env = env or {}
         self.binary = binary
         self.mode = mode
         self.replicas = replicas
@@ -336,10 +346,11 @@ class QuorumKV(Cluster):
     def start(self) -> None:
         env = dict(os.environ)
         env.pop("QUORUMKV_PEERS", None)
+        env.update(self.extra_env)
         if self.mode == "local":
             self.spawn([self.binary, "local", "--replicas", str(self.replicas), "--base-port",
-                        str(self.ports[0]), "--data-dir", str(self.workdir / "qkv")],
-                       "quorumkv-local.log", env)
+                        str(self.ports[0]), "--data-dir", str(self.workdir / self.tag)],
+                       f"{self.tag}-local.log", env)
         else:
             peers = []
             for i, p in enumerate(self.ports):
@@ -347,7 +358,7 @@ class QuorumKV(Cluster):
             for i, p in enumerate(self.ports):
                 self.spawn([self.binary, "serve", "--node-id", str(i), "--listen",
                             f"127.0.0.1:{p}", *peers, "--data-dir",
-                            str(self.workdir / f"qkv{i}")], f"quorumkv{i}.log", env)
+                            str(self.workdir / f"{self.tag}{i}")], f"{self.tag}{i}.log", env)
         deadline = time.time() + 60
         while True:
             self.check_alive()
@@ -458,8 +469,9 @@ def prefill(cluster: Cluster, keyspace: int, value_size: int, workers: int = 16)
 
 # -------------------------------------------------------------------------------------- wrk
 def run_wrk(script: str, targets: list[str], conns: int, threads: int, duration: float,
-            opts: argparse.Namespace, run_id: str) -> dict[str, Any]:
+            opts: argparse.Namespace, run_id: str, partition: bool = False) -> dict[str, Any]:
     env = dict(os.environ, BENCH_TARGETS=",".join(targets), BENCH_KEYSPACE=str(opts.keyspace),
+               BENCH_PARTITION="1" if partition else "0",
                BENCH_VALUE=str(opts.value_size), BENCH_RUN=run_id,
                BENCH_SEED=str(secrets.randbelow(1 << 30)))
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration:g}s",
@@ -503,7 +515,8 @@ def measure(cluster: Cluster, others: set[int], workload: str, rnd: int,
     busy0 = cpu_busy_seconds()
     t0 = time.time()
     run_id = f"r{rnd}{secrets.token_hex(3)}"
-    res = run_wrk(script, targets, conns, threads, duration, opts, run_id)
+    res = run_wrk(script, targets, conns, threads, duration, opts, run_id,
+                  partition=workload in PARTITIONED)
     wall = time.time() - t0
     busy1 = cpu_busy_seconds()
     table1 = proc_table()
@@ -511,8 +524,8 @@ def measure(cluster: Cluster, others: set[int], workload: str, rnd: int,
     ours |= descendants(table1, cluster.pids)
     our_cpu = sum(table1[p][2] - table0[p][2] for p in ours if p in table0 and p in table1)
     foreign = (busy1 - busy0) - our_cpu - res["wrk_cpu_s"]
-    top_foreign = sorted(((table1[p][2] - table0[p][2], table1[p][1]) for p in table1
-                          if p in table0 and p not in ours and p not in others
+    top_foreign = sorted(((table1[p][2] - (table0[p][2] if p in table0 else 0.0), table1[p][1])
+                          for p in table1 if p not in ours and p not in others
                           and p != os.getpid()), reverse=True)[:3]
     secs = res["duration_us"] / 1e6
     row = {
@@ -527,6 +540,7 @@ def measure(cluster: Cluster, others: set[int], workload: str, rnd: int,
         "bad_codes": res["bad_codes"], "bad_sample": res["bad_sample"],
         "socket_errors": {k: res[f"err_{k}"] for k in ("connect", "read", "write", "timeout")},
         "server_cpu_cores": round(our_cpu / wall, 2),
+        "server_cpu_ms_per_op": round(1000 * our_cpu / res["ok"], 3) if res["ok"] else None,
         "wrk_cpu_cores": round(res["wrk_cpu_s"] / wall, 2),
         "foreign_cpu_cores": round(max(0.0, foreign) / wall, 2),
         "top_foreign": [f"{name}:{cpu / wall:.2f}" for cpu, name in top_foreign if cpu > 0.05],
@@ -542,7 +556,8 @@ def measure(cluster: Cluster, others: set[int], workload: str, rnd: int,
     if record:
         log(f"round {rnd} {cluster.name:8s} {workload:10s} {row['rps']:9.0f} ok/s  "
             f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
-            f"cpu: servers {row['server_cpu_cores']:.2f} wrk {row['wrk_cpu_cores']:.2f} "
+            f"cpu: servers {row['server_cpu_cores']:.2f} "
+            f"({row['server_cpu_ms_per_op'] or 0:.3f} ms/op) wrk {row['wrk_cpu_cores']:.2f} "
             f"other {row['foreign_cpu_cores']:.2f}{flag}")
     return row
 
@@ -659,6 +674,8 @@ def median_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any
             "rps_min": min(r["rps"] for r in rs), "rps_max": max(r["rps"] for r in rs),
             "bad": sum(r["bad"] for r in rs), "miss": sum(r["miss"] for r in rs),
             "server_cpu_cores": round(statistics.median(r["server_cpu_cores"] for r in rs), 2),
+            "server_cpu_ms_per_op": round(statistics.median(
+                r["server_cpu_ms_per_op"] or 0.0 for r in rs), 3),
             "foreign_cpu_cores": round(statistics.median(r["foreign_cpu_cores"] for r in rs), 2),
         }
     return out
@@ -696,18 +713,34 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     if noise["heavy_processes"]:
         L += ["Other heavy processes seen: " + "; ".join(
             f"`{h[:80]}`" for h in noise["heavy_processes"][:5]), ""]
-    L += ["| workload | etcd | ops/s | p50 ms | p99 ms | QuorumKV | ops/s | p50 ms | p99 ms |",
-          "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    L += ["| workload | etcd | ops/s | p50 ms | p99 ms | CPU ms/op | QuorumKV | ops/s | p50 ms "
+          "| p99 ms | CPU ms/op |",
+          "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for w, m in med.items():
         e, q = m.get("etcd"), m.get("quorumkv")
         label, elabel, qlabel = LABELS[w]
 
         def cells(x: dict[str, Any] | None) -> str:
             if not x:
-                return "– | – | –"
-            return f"{x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f}"
+                return "– | – | – | –"
+            return (f"{x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | "
+                    f"{x['server_cpu_ms_per_op']:.3f}")
 
         L.append(f"| {label} | {elabel} | {cells(e)} | {qlabel} | {cells(q)} |")
+    variants = sorted({s for m in med.values() for s in m if s.startswith("quorumkv:")})
+    if variants:
+        L += ["", "## Variants (A/B against the QuorumKV baseline, same rounds)", "",
+              "| workload | system | ops/s | p50 ms | p99 ms | ops/s vs baseline |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for w, m in med.items():
+            base = m.get("quorumkv")
+            for name in ["quorumkv", *variants]:
+                x = m.get(name)
+                if not x:
+                    continue
+                rel = f"{x['rps'] / base['rps']:.2f}x" if base and base["rps"] else "–"
+                L.append(f"| {w} | {name} | {x['rps']:.0f} | {x['p50_ms']:.2f} | "
+                         f"{x['p99_ms']:.2f} | {rel} |")
     L += ["", "## Targets", "", "| workload | target | ratio QuorumKV / etcd | verdict |",
           "| --- | --- | ---: | --- |"]
     for v in result["verdicts"]:
@@ -733,6 +766,11 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
           f"- Data directories on {env['data_fs']} ({env['data_dir']}), fsync real (etcd WAL "
           "fsync; QuorumKV SQLite synchronous=FULL).",
           f"- {env['cpus']} CPUs; servers, wrk and anything else share them.", "",
+          "",
+          "CPU ms/op: CPU time of all three server processes per successful operation (from "
+          "/proc, summed over the members): the figure least disturbed by other load on the "
+          "machine. On 2 cores, throughput can at best reach about (2 − wrk's share) / "
+          "(CPU ms/op).", "",
           "## All runs", "",
           "| round | system | workload | ok/s | p50 ms | p99 ms | bad | server CPU | other CPU |",
           "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -796,6 +834,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="after the rounds, one py-spy-recorded QuorumKV run per workload")
     ap.add_argument("--profile-rate", type=int, default=50, help="py-spy samples/s")
+    ap.add_argument("--variant", action="append", default=[],
+                    metavar="NAME=PATH[@VAR=VALUE;...]",
+                    help="also run another QuorumKV build (a quorumkv script, optionally with "
+                         "environment variables) interleaved with the others, reported as "
+                         "quorumkv:NAME: A/B-test a change on the same noisy machine")
     ap.add_argument("--hold", action="store_true",
                     help="keep the clusters running at the end until Ctrl-C (for profiling)")
     opts = ap.parse_args()
@@ -852,6 +895,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     profile_rows: list[dict[str, Any]] = []
     started = dt.datetime.now(dt.UTC)
+    git_commit = git("rev-parse", "HEAD")
+    git_dirty = bool(git("status", "--porcelain", "--", "service", "pyproject.toml"))
     try:
         if "etcd" in opts.system_list:
             etcd = Etcd(workdir, etcd_bin)
@@ -863,6 +908,15 @@ def main() -> int:
             clusters.append(qkv)
             qkv.start()
             qkv.smoke()
+        for spec in opts.variant:
+            name, _, rest = spec.partition("=")
+            binary, _, envspec = rest.partition("@")
+            venv = dict(kv.split("=", 1) for kv in envspec.split(";") if "=" in kv)
+            var = QuorumKV(workdir, binary or qkv_bin, opts.qkv_mode,
+                           name=f"quorumkv:{name}", env=venv)
+            clusters.append(var)
+            var.start()
+            var.smoke()
         all_pids = set().union(*(descendants(proc_table(), c.pids) for c in clusters))
         for c in clusters:
             prefill(c, opts.keyspace, opts.value_size)
@@ -877,7 +931,7 @@ def main() -> int:
                 for c in order:
                     rows.append(measure(c, all_pids, w, rnd, opts, opts.duration))
         if opts.profile:
-            q = [c for c in clusters if isinstance(c, QuorumKV)]
+            q = [c for c in clusters if c.name == "quorumkv"]
             if q:
                 pdir = Path(opts.profile)
                 for w in opts.workload_list:
@@ -925,8 +979,8 @@ def main() -> int:
             "kernel": os.uname().release,
             "etcd_version": tool_version([etcd_bin, "--version"]).replace("etcd Version: ", ""),
             "wrk_version": tool_version(["wrk", "-v"]).split(" [")[0].replace("wrk ", ""),
-            "git_commit": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--", "service", "pyproject.toml")),
+            "git_commit": git_commit, "git_dirty": git_dirty,
+            "quorumkv_bin": qkv_bin,
             "data_dir": str(workdir), "data_fs": fstype,
         },
         "parameters": {
@@ -943,10 +997,12 @@ def main() -> int:
         "profile_runs": profile_rows,
     }
     print()
-    print(f"{'workload':12s} {'system':9s} {'ok/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    print(f"{'workload':12s} {'system':16s} {'ok/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+          f"{'CPU ms/op':>9s}")
     for w, m in med.items():
         for s, x in m.items():
-            print(f"{w:12s} {s:9s} {x['rps']:9.0f} {x['p50_ms']:8.2f} {x['p99_ms']:8.2f}")
+            print(f"{w:12s} {s:16s} {x['rps']:9.0f} {x['p50_ms']:8.2f} {x['p99_ms']:8.2f} "
+                  f"{x['server_cpu_ms_per_op']:9.3f}")
     for v in result["verdicts"]:
         if v["ratio"] is not None:
             print(f"{v['description']:45s} ratio {v['ratio']:.2f}  "

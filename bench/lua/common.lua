@@ -50,8 +50,25 @@ function key_name(i)
   return string.format("key-%08d", i)
 end
 
+-- BENCH_PARTITION=1: each thread only uses the keys whose "home" is the member it is
+-- connected to (key index mod number of members), as a key-routing client would. Used to
+-- measure what routing each key to one coordinator buys; off by default.
+PARTITION = os.getenv("BENCH_PARTITION") == "1"
+NPARTS = 1
+for _ in string.gmatch(targets_env, "[^,]+") do NPARTS = NPARTS + 1 end
+NPARTS = math.max(1, NPARTS - 1)
+
+function key_index()
+  if PARTITION and NPARTS > 1 then
+    local part = ((id or 1) - 1) % NPARTS
+    local slots = math.floor((KEYSPACE - 1 - part) / NPARTS)
+    return math.random(0, slots) * NPARTS + part
+  end
+  return math.random(0, KEYSPACE - 1)
+end
+
 function random_key()
-  return key_name(math.random(0, KEYSPACE - 1))
+  return key_name(key_index())
 end
 
 -- a fresh key for create-only runs: unique per run, thread and request

@@ -10,7 +10,7 @@ function workload_init()
   value64 = b64(VALUE)
 end
 function request()
-  local body = '{"key":"' .. keys[math.random(0, KEYSPACE - 1)] .. '","value":"' .. value64 .. '"}'
+  local body = '{"key":"' .. keys[key_index()] .. '","value":"' .. value64 .. '"}'
   return wrk.format("POST", "/v3/kv/put", nil, body)
 end
 function response(status, headers, body)

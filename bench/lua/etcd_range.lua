@@ -9,7 +9,7 @@ function workload_init()
   for i = 0, KEYSPACE - 1 do keys[i] = b64(key_name(i)) end
 end
 function request()
-  return wrk.format("POST", "/v3/kv/range", nil, '{"key":"' .. keys[math.random(0, KEYSPACE - 1)] .. '"}')
+  return wrk.format("POST", "/v3/kv/range", nil, '{"key":"' .. keys[key_index()] .. '"}')
 end
 function response(status, headers, body)
   local hit = status == 200 and string.find(body, '"kvs"', 1, true) ~= nil

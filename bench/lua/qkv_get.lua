@@ -7,7 +7,7 @@ function workload_init()
   for i = 0, KEYSPACE - 1 do paths[i] = "/v1/kv/" .. key_name(i) end
 end
 function request()
-  return wrk.format("GET", paths[math.random(0, KEYSPACE - 1)])
+  return wrk.format("GET", paths[key_index()])
 end
 function response(status, headers, body)
   count(status == 200 or status == 404, status, body, status == 404)

@@ -8,7 +8,7 @@ function workload_init()
   for i = 0, KEYSPACE - 1 do paths[i] = "/v1/kv/" .. key_name(i) end
 end
 function request()
-  return wrk.format("PUT", paths[math.random(0, KEYSPACE - 1)], nil, VALUE)
+  return wrk.format("PUT", paths[key_index()], nil, VALUE)
 end
 function response(status, headers, body)
   count(status == 200 or status == 201, status, body)
