@@ -10,8 +10,10 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 [[ $EUID -eq 0 ]] || die "down.sh must run as root"
 t0=$SECONDS
 mkdir -p "$STATE_DIR"
-exec 9>"$STATE_DIR/.lock"
-flock -w 600 9 || die "another up.sh/down.sh holds $STATE_DIR/.lock"
+if [[ -z ${LOCALCLUSTER_LOCK_HELD:-} ]]; then   # set when up.sh (holding the lock) calls us
+    exec 9>"$STATE_DIR/.lock"
+    flock -w 600 9 || die "another up.sh/down.sh holds $STATE_DIR/.lock"
+fi
 log "tearing down the local cluster (state: $STATE_DIR)"
 
 # stop_daemon NAME [SECONDS]: SIGTERM, then SIGKILL after the grace period.
@@ -74,8 +76,7 @@ for p in /proc/[0-9]*; do
 done
 
 # 3. Control plane.
-stop_daemons kube-scheduler kube-controller-manager kube-apiserver
-stop_daemon etcd 10
+stop_daemons kube-scheduler kube-controller-manager kube-apiserver etcd
 
 # 4. Unmount everything under our directories (deepest first), and the pod network namespaces
 #    that containerd's CRI created (/run/netns/cni-*).

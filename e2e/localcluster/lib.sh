@@ -98,9 +98,10 @@ cluster_healthy() {
         -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
 }
 
-# sign NAME CN O [SAN]: key + certificate signed by our CA, into $PKI_DIR/NAME.{key,crt}.
+# sign NAME CN O [SAN]: key + certificate signed by our CA (or by $PKI_DIR/$SIGN_CA.crt),
+# into $PKI_DIR/NAME.{key,crt}.
 sign() {
-    local name="$1" cn="$2" o="$3" san="${4:-}" subj ext
+    local name="$1" cn="$2" o="$3" san="${4:-}" subj ext ca="${SIGN_CA:-ca}"
     [[ -s $PKI_DIR/$name.crt ]] && return 0
     subj="/CN=$cn"; [[ -n $o ]] && subj="/O=$o$subj"
     ext="$PKI_DIR/$name.ext"
@@ -112,20 +113,23 @@ sign() {
     } >"$ext"
     openssl ecparam -name prime256v1 -genkey -noout -out "$PKI_DIR/$name.key" 2>/dev/null
     openssl req -new -key "$PKI_DIR/$name.key" -subj "$subj" -out "$PKI_DIR/$name.csr" 2>/dev/null
-    openssl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/ca.crt" -CAkey "$PKI_DIR/ca.key" \
+    openssl x509 -req -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/$ca.crt" -CAkey "$PKI_DIR/$ca.key" \
         -CAcreateserial -days 3650 -sha256 -extfile "$ext" -out "$PKI_DIR/$name.crt" 2>/dev/null
     rm -f "$PKI_DIR/$name.csr" "$ext"
 }
 
 make_pki() {
     umask 077
-    if [[ ! -s $PKI_DIR/ca.crt ]]; then
-        log "creating certificates in $PKI_DIR"
-        openssl ecparam -name prime256v1 -genkey -noout -out "$PKI_DIR/ca.key" 2>/dev/null
-        openssl req -x509 -new -key "$PKI_DIR/ca.key" -subj "/CN=quorumkv-localcluster-ca" -days 3650 -sha256 \
+    local ca
+    for ca in ca front-proxy-ca; do   # cluster CA; CA of the aggregation layer's request headers
+        [[ -s $PKI_DIR/$ca.crt ]] && continue
+        log "creating $ca and certificates in $PKI_DIR"
+        openssl ecparam -name prime256v1 -genkey -noout -out "$PKI_DIR/$ca.key" 2>/dev/null
+        openssl req -x509 -new -key "$PKI_DIR/$ca.key" -subj "/CN=quorumkv-localcluster-$ca" -days 3650 -sha256 \
             -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-            -out "$PKI_DIR/ca.crt" 2>/dev/null
-    fi
+            -out "$PKI_DIR/$ca.crt" 2>/dev/null
+    done
+    SIGN_CA=front-proxy-ca sign front-proxy-client front-proxy-client ""
     sign apiserver kube-apiserver "" \
         "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.$CLUSTER_DOMAIN,DNS:localhost,IP:$NODE_IP,IP:$API_SERVICE_IP,IP:127.0.0.1"
     sign apiserver-kubelet-client kube-apiserver-kubelet-client system:masters

@@ -12,6 +12,7 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 [[ $EUID -eq 0 ]] || die "up.sh must run as root"
+trap 'log "error: up.sh failed at line $LINENO (component logs: $LOG_DIR)"' ERR
 mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$PKI_DIR"
 chmod 700 "$STATE_DIR"
 exec 9>"$STATE_DIR/.lock"
@@ -25,6 +26,15 @@ if cluster_healthy; then
 fi
 
 t_start=$SECONDS
+# Leftovers of a cluster whose processes are all gone (killed, machine handed over): clean
+# them up completely first, so we start from a known state.
+any_running=false
+for d in "${ALL_DAEMONS[@]}"; do daemon_pid "$d" >/dev/null && any_running=true; done
+if ! $any_running && { [[ -d $STATE_DIR/etcd || -d $CONTAINERD_STATE ]] || ip link show "$DUMMY_IF" >/dev/null 2>&1; }; then
+    log "found state of a cluster that is no longer running: cleaning it up first (down.sh)"
+    LOCALCLUSTER_LOCK_HELD=1 "$LC_DIR/down.sh"
+fi
+mkdir -p "$LOG_DIR" "$RUN_DIR" "$PKI_DIR"
 log "bringing up the local cluster (state: $STATE_DIR, logs: $LOG_DIR)"
 
 # --- 1. binaries --------------------------------------------------------------------------
@@ -92,6 +102,10 @@ start_daemon kube-apiserver "$K8S_BIN/kube-apiserver" \
     --kubelet-preferred-address-types InternalIP,Hostname \
     --service-account-issuer "https://kubernetes.default.svc.$CLUSTER_DOMAIN" \
     --service-account-key-file "$PKI_DIR/sa.pub" --service-account-signing-key-file "$PKI_DIR/sa.key" \
+    --requestheader-client-ca-file "$PKI_DIR/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI_DIR/front-proxy-client.crt" --proxy-client-key-file "$PKI_DIR/front-proxy-client.key" \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
     --allow-privileged=true --profiling=false --v=1
 wait_for "kube-apiserver" 120 kubectl --kubeconfig "$KUBECONFIG_PATH" get --raw /readyz
