@@ -171,6 +171,7 @@ async def test_linearizable_and_available_under_faults(tmp_path: Path) -> None:
     cfg = RunConfig.from_env(tmp_path, duration_s=60.0, seed=1)
     result = await run(cfg)
     _show(result)
+    assert not result.errors, f"harness errors: {result.errors}"
     assert not result.crashes, f"replicas crashed: {result.crashes}"
     check = result.check
     assert check.valid is True, "history not linearizable (or undecided); see the report above"
@@ -215,6 +216,7 @@ async def test_checker_flags_amnesia_in_the_unsafe_volatile_mode(tmp_path: Path)
         )
         result = await run(cfg)
         _show(result)
+        assert not result.errors, f"harness errors: {result.errors}"
         if result.check.valid is False:
             flagged = result
             break

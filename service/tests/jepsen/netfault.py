@@ -6,9 +6,12 @@ which loopback traffic traverses) cuts exactly the links between those two repli
 the test's clients (from 127.0.0.1) still reach both. Rules also match the replicas' ports,
 so another test on the same addresses is left alone.
 
-Rules live in a dedicated chain, `QKV-JEPSEN-<pid>`, jumped to from OUTPUT; `remove()`
+Rules live in a dedicated chain, `JEPSEN-QKV-<pid>`, jumped to from OUTPUT; `remove()`
 deletes the jump and the chain, and `sweep_stale()` removes chains left by dead test
-processes (a SIGKILLed pytest cannot clean up after itself).
+processes (a SIGKILLed pytest cannot clean up after itself). The name does not start with
+`QKV-`: the local Kubernetes cluster's teardown (e2e/localcluster/down.sh) deletes every
+`QKV-*` chain on the host, which would heal our partitions behind our back. Should the chain
+vanish anyway, `heal()` recreates it rather than failing the run.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Iterable, Sequence
 
 from .procs import NodeAddr
 
-CHAIN_PREFIX = "QKV-JEPSEN-"
+CHAIN_PREFIX = "JEPSEN-QKV-"
 
 
 def _ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -90,9 +93,12 @@ class Partitioner:
     def __enter__(self) -> Partitioner:
         sweep_stale()
         _drop_chain(self.chain)  # a leftover of ours from an earlier run in this process
+        self._create()
+        return self
+
+    def _create(self) -> None:
         _ipt("-N", self.chain)
         _ipt("-I", "OUTPUT", "1", "-j", self.chain)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
@@ -129,9 +135,11 @@ class Partitioner:
                 self.cut(a, b)
 
     def heal(self) -> None:
-        """Remove every cut (the chain stays, empty)."""
-        _ipt("-F", self.chain)
+        """Remove every cut (the chain stays, empty; recreated if someone deleted it)."""
         self.cut_pairs.clear()
+        if _ipt("-F", self.chain, check=False).returncode != 0:
+            _drop_chain(self.chain)
+            self._create()
 
     def rules(self) -> str:
         return _ipt("-S", self.chain, check=False).stdout

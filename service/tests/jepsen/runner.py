@@ -83,6 +83,7 @@ class RunResult:
     run_s: float
     crashes: list[str]  # replicas that exited without being killed: server bugs
     etags: EtagReport
+    errors: list[str]  # of the harness itself (nemesis or clients): the run is suspect
     ready_after_heal: bool
 
     @property
@@ -118,6 +119,8 @@ class RunResult:
             report.op_table(self.ops),
             f"faults injected: {faults}",
         ]
+        if self.errors:
+            lines.append(f"HARNESS ERRORS: {self.errors}")
         if self.crashes:
             lines.append(f"REPLICA CRASHES: {self.crashes}")
         if not self.ready_after_heal:
@@ -227,9 +230,14 @@ async def run(cfg: RunConfig) -> RunResult:
         else:
             chaos = nemesis.random_faults(cfg.faults, until)
         try:
-            await asyncio.gather(chaos, *(c.run(until) for c in clients))
+            outcomes = await asyncio.gather(
+                chaos, *(c.run(until) for c in clients), return_exceptions=True
+            )
         finally:
             await nemesis.heal_all()
+        errors = [f"{type(e).__name__}: {e}" for e in outcomes if isinstance(e, BaseException)]
+        for e in errors:
+            nemesis.note(f"HARNESS ERROR {e}")
         ready = await _wait_ready(nodes, cfg.ready_timeout_s)
         nemesis.note(f"all ready again: {ready}")
         keys = sorted({op.key for op in recorder.ops})
@@ -250,6 +258,7 @@ async def run(cfg: RunConfig) -> RunResult:
         unexpected=recorder.unexpected,
         run_s=run_s,
         crashes=nemesis.crashes,
+        errors=errors,
         etags=check_etags(recorder.ops),
         ready_after_heal=ready,
     )
