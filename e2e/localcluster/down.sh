@@ -4,6 +4,7 @@
 # leftovers and the dummy interface, and delete the cluster state (etcd data, certificates,
 # host-path volumes under /tmp/hostpath_pv). Keeps the binary cache and $STATE_DIR/logs.
 # Idempotent: safe to run when nothing (or only part) is up.
+# No `set -e`: teardown is best effort and must go on past a step that fails.
 set -uo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
@@ -133,7 +134,11 @@ if [[ -d $STATE_DIR ]]; then
         || log "warning: could not remove everything in $STATE_DIR (still mounted?)"
 fi
 rm -rf "$CONTAINERD_STATE" "$HOSTPATH_PV_DIR" "$(dirname "$CONTAINERD_SOCK")"
+# Paths the kubelet and containerd's CNI code use whatever the configuration says.
 find /var/log/containers -maxdepth 1 -type l -lname "$STATE_DIR/*" -delete 2>/dev/null
+rm -rf /var/lib/kubelet/device-plugins /var/lib/kubelet/pki
+rm -f /var/lib/cni/results/quorumkv-local-* /var/lib/cni/results/cni-loopback-*
+rmdir /var/log/containers /var/lib/kubelet /var/lib/cni/results /var/lib/cni 2>/dev/null
 
 # 7. Check.
 left=""

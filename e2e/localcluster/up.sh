@@ -150,7 +150,7 @@ render "$LC_DIR/config/Corefile" >"$STATE_DIR/Corefile"
 mkdir -p "$KUBELET_ROOT" "$STATE_DIR/pod-logs"
 start_daemon kubelet "$K8S_BIN/kubelet" \
     --config "$STATE_DIR/kubelet.yaml" --kubeconfig "$STATE_DIR/kubelet.kubeconfig" \
-    --root-dir "$KUBELET_ROOT" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
+    --root-dir "$KUBELET_ROOT" --cert-dir "$KUBELET_ROOT/pki" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
 start_daemon kube-proxy "$K8S_BIN/kube-proxy" --config "$STATE_DIR/kube-proxy.yaml" --v=1
 start_daemon coredns "$K8S_BIN/coredns" -conf "$STATE_DIR/Corefile"
 
