@@ -83,7 +83,10 @@ async def batch(request: web.Request) -> web.Response:
             replies.append(reply)
             if durable is not None:
                 waits.add(durable)
-    if waits:
+    # shielded: the commit is shared with other requests, which a disconnect must not cancel
+    if len(waits) == 1:
+        await asyncio.shield(waits.pop())
+    elif waits:
         await asyncio.gather(*(asyncio.shield(w) for w in waits))
     return web.Response(body=pack_replies(node.incarnation, replies),
                         content_type="application/msgpack")

@@ -32,6 +32,11 @@ log = logging.getLogger("quorumkv.coordinator")
 FAST_PATH_CACHE = 100_000  # keys whose promised next ballot we remember
 MAX_ATTEMPTS = 8
 
+def _expire(decided: asyncio.Future[Action | NotSent | None]) -> None:
+    if not decided.done():
+        decided.set_result(None)
+
+
 class NotSent(NamedTuple):
     """The phase was not sent: the configuration changed since the proposal began."""
 
@@ -82,7 +87,8 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self._timeout
-        async with self._mutex.hold(key):
+        await self._mutex.acquire(key)
+        try:
             prop, send = self._begin(key, change)
             attempts = 0
             while True:
@@ -116,6 +122,8 @@ class Coordinator:
                     f"no quorum confirmed the change of {key!r} in time"
                     + ("; it may still take effect" if indeterminate else ""),
                     indeterminate=indeterminate)
+        finally:
+            self._mutex.release(key)
 
     def _epoch_changed(self, prop: Proposal) -> bool:
         return prop.config.epoch != self._membership.config.epoch
@@ -163,7 +171,7 @@ class Coordinator:
         failed) without a decision.
         """
         loop = asyncio.get_running_loop()
-        decided: asyncio.Future[Action | None] = loop.create_future()
+        decided: asyncio.Future[Action | NotSent | None] = loop.create_future()
         if self._epoch_changed(prop):
             return prop, NotSent()  # made under a superseded configuration: never send it
         state = [prop]
@@ -206,11 +214,8 @@ class Coordinator:
             link.call(message, prop.config).add_done_callback(partial(on_done, node))
         if outstanding[0] == 0 and not decided.done():
             decided.set_result(None)
-        try:
-            async with asyncio.timeout_at(deadline):
-                action = await asyncio.shield(decided)
-        except TimeoutError:
-            action = None
         if not decided.done():
-            decided.cancel()
+            expiry = loop.call_at(deadline, _expire, decided)
+            decided.add_done_callback(lambda _: expiry.cancel())
+        action = await decided  # before reading state[0]: the replies update it
         return state[0], action

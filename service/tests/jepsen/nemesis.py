@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from .netfault import Partitioner
 from .procs import Proc
 
-FAULT_KINDS = ("kill", "pause", "partition", "bridge")
+FAULT_KINDS = ("kill", "pause", "partition", "bridge", "ring")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +56,13 @@ class Nemesis:
         self.log.append(((time.monotonic_ns() - self.t0_ns) / 1e9, what))
 
     def kinds(self, wanted: Sequence[str]) -> list[str]:
-        """The requested fault kinds we can actually inject here."""
-        return [k for k in wanted if k in ("kill", "pause") or self.partitioner is not None]
+        """The requested fault kinds we can actually inject here (a ring needs 5 nodes)."""
+        return [
+            k
+            for k in wanted
+            if k in ("kill", "pause")
+            or (self.partitioner is not None and (k != "ring" or len(self.procs) >= 5))
+        ]
 
     async def random_faults(
         self,
@@ -77,7 +82,9 @@ class Nemesis:
                 continue
             self.find_crashes()
             kind = self.rng.choice(usable)
-            duration = min(self.rng.uniform(*hold), left)
+            # now and then a very short fault: a restart racing its own recovery
+            short = self.rng.random() < 0.2
+            duration = min(self.rng.uniform(0.05, 0.5) if short else self.rng.uniform(*hold), left)
             victims = tuple(sorted(self.rng.sample(ids, self.rng.randint(1, minority))))
             await self.hold(kind, victims, duration)
 
@@ -98,6 +105,18 @@ class Nemesis:
                 assert self.partitioner is not None
                 await asyncio.to_thread(self.partitioner.split, victims, rest)
                 self.note(f"partition {list(victims)} | {rest}")
+            elif kind == "ring":
+                # Jepsen's majorities ring: each node keeps only its ring neighbours, so every
+                # node sees a majority, but no two see the same one
+                assert self.partitioner is not None
+                ring = sorted(self.procs)
+                n = len(ring)
+                for i, a in enumerate(ring):
+                    for b in ring[i + 1 :]:
+                        if (ring.index(b) - i) % n not in (1, n - 1):
+                            await asyncio.to_thread(self.partitioner.cut, a, b)
+                victims = ()
+                self.note(f"majorities ring over {ring}")
             elif kind == "bridge":
                 # cut victims from all but one of the others: that one sees both sides
                 assert self.partitioner is not None
@@ -121,7 +140,7 @@ class Nemesis:
             for n in victims:
                 self.procs[n].resume()
             self.note(f"SIGCONT {list(victims)}")
-        elif kind in ("partition", "bridge") and self.partitioner is not None:
+        elif kind in ("partition", "bridge", "ring") and self.partitioner is not None:
             await asyncio.to_thread(self.partitioner.heal)
             self.note("heal network")
 
