@@ -9,7 +9,7 @@ over-large values (with and without Content-Length), garbage preconditions, huge
 broken framing; each gets its 4xx and changes nothing. At the end every replica must still be
 alive, answer /healthz and serve a put/get round trip, with a sentinel key unchanged.
 
-Budget: about 15-40 s. `QUORUMKV_FUZZ_EXAMPLES` (default 80) sets the fuzzing examples per operation.
+Budget: about 15-40 s. `QUORUMKV_FUZZ_EXAMPLES` (default 80): fuzzing examples per operation.
 """
 
 from __future__ import annotations
