@@ -110,11 +110,11 @@ class Nemesis:
                 # node sees a majority, but no two see the same one
                 assert self.partitioner is not None
                 ring = sorted(self.procs)
-                n = len(ring)
+                size = len(ring)
                 for i, a in enumerate(ring):
-                    for b in ring[i + 1 :]:
-                        if (ring.index(b) - i) % n not in (1, n - 1):
-                            await asyncio.to_thread(self.partitioner.cut, a, b)
+                    for j in range(i + 1, size):
+                        if (j - i) % size not in (1, size - 1):
+                            await asyncio.to_thread(self.partitioner.cut, a, ring[j])
                 victims = ()
                 self.note(f"majorities ring over {ring}")
             elif kind == "bridge":

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -51,6 +52,7 @@ class RunConfig:
     ready_timeout_s: float = 30.0
     check_budget: int = checker.DEFAULT_BUDGET  # search steps per key
     snapshot_server: bool = True  # run the replicas from a copy of the package (see below)
+    server_source: str = "worktree"  # or "head": the package as committed
 
     @classmethod
     def from_env(cls, workdir: Path, **defaults: object) -> RunConfig:
@@ -63,6 +65,7 @@ class RunConfig:
             duration_s=float(env.get("QKV_JEPSEN_DURATION", base.duration_s)),
             clients=int(env.get("QKV_JEPSEN_CLIENTS", base.clients)),
             replicas=int(env.get("QKV_JEPSEN_REPLICAS", base.replicas)),
+            server_source=env.get("QKV_JEPSEN_SERVER", base.server_source),
             faults=tuple(f for f in faults.split(",") if f) if faults else base.faults,
         )
 
@@ -141,14 +144,26 @@ class RunResult:
         return "\n".join(lines)
 
 
-def snapshot_server(dest: Path) -> Path:
+def snapshot_server(dest: Path, source: str = "worktree") -> Path:
     """Copy the `quorumkv` package into `dest` and return the directory to put on PYTHONPATH.
 
     Every start and restart in a run then runs the same code, even if the working tree is
-    being edited meanwhile (a half-saved edit would otherwise look like a server crash)."""
+    being edited meanwhile (a half-saved edit would otherwise look like a server crash).
+    `source="head"` takes the package as committed at git HEAD instead of the working tree:
+    what to test while someone is in the middle of changing the server.
+    """
     import quorumkv
 
     src = Path(quorumkv.__file__).parent
+    if source == "head":
+        repo = src.parents[1]
+        rel = src.relative_to(repo).as_posix()
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", "HEAD", rel], capture_output=True, check=True
+        ).stdout
+        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return dest / Path(rel).parent
     shutil.copytree(src, dest / "quorumkv", ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
@@ -182,7 +197,7 @@ async def run(cfg: RunConfig) -> RunResult:
     nodes = loopback_nodes(cfg.replicas, free_port(hosts, rng), cfg.first_host)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if cfg.snapshot_server:
-        pkg = snapshot_server(cfg.workdir / "server-snapshot")
+        pkg = snapshot_server(cfg.workdir / "server-snapshot", cfg.server_source)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pkg), env.get("PYTHONPATH")]))
     env.pop("QUORUMKV_UNSAFE_VOLATILE", None)
     if cfg.volatile:
