@@ -184,7 +184,7 @@ def descendants(table: dict[int, tuple[int, str, float]], roots: set[int]) -> se
 
 def heavy_processes() -> list[str]:
     """Other work that is known to hog the CPUs here (compilers, go build)."""
-    r = subprocess.run(["pgrep", "-fa", r"go build|go install|/compile |compile -o|cc1|/link |"
+    r = subprocess.run(["pgrep", "-fa", r"go build|go install|/compile |compile -o|\bcc1 |/link |"
                         r"\bmake\b|ninja|docker build|kind build"],
                        capture_output=True, text=True)
     me = str(os.getpid())
@@ -325,13 +325,13 @@ class Etcd(Cluster):
 class QuorumKV(Cluster):
     name = "quorumkv"
 
-    def __init__(self, workdir: Path, binary: str, mode: str, replicas: int = 3,
+    def __init__(self, workdir: Path, command: list[str], mode: str, replicas: int = 3,
                  name: str = "quorumkv", env: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
         self.name = name
         self.tag = name.replace(":", "-")
         self.extra_env = env or {}
-        self.binary = binary
+        self.command = command
         self.mode = mode
         self.replicas = replicas
         if mode == "local":
@@ -348,7 +348,7 @@ class QuorumKV(Cluster):
         env.pop("QUORUMKV_PEERS", None)
         env.update(self.extra_env)
         if self.mode == "local":
-            self.spawn([self.binary, "local", "--replicas", str(self.replicas), "--base-port",
+            self.spawn([*self.command, "local", "--replicas", str(self.replicas), "--base-port",
                         str(self.ports[0]), "--data-dir", str(self.workdir / self.tag)],
                        f"{self.tag}-local.log", env)
         else:
@@ -356,7 +356,7 @@ class QuorumKV(Cluster):
             for i, p in enumerate(self.ports):
                 peers += ["--peer", f"{i}=http://127.0.0.1:{p}"]
             for i, p in enumerate(self.ports):
-                self.spawn([self.binary, "serve", "--node-id", str(i), "--listen",
+                self.spawn([*self.command, "serve", "--node-id", str(i), "--listen",
                             f"127.0.0.1:{p}", *peers, "--data-dir",
                             str(self.workdir / f"{self.tag}{i}")], f"{self.tag}{i}.log", env)
         deadline = time.time() + 60
@@ -402,6 +402,31 @@ class QuorumKV(Cluster):
     def put_request(self, key: bytes, value: bytes) -> tuple[str, str, bytes, dict[str, str]]:
         return ("PUT", "/v1/kv/" + urllib.parse.quote(key, safe=""), value,
                 {"Content-Type": "application/octet-stream"})
+
+
+def qkv_command(spec: str, default: str | None, workdir: Path
+                ) -> tuple[list[str], dict[str, str], str]:
+    """`rev:REV` (a git revision of this repository, exported, run with the venv's Python),
+    a path to a `quorumkv` script, or "" for the installed one -> (command, env, description)."""
+    if spec.startswith("rev:"):
+        rev = spec[4:] or "HEAD"
+        sha = git("rev-parse", "--verify", rev + "^{commit}")
+        if not sha:
+            sys.exit(f"unknown git revision {rev!r}")
+        dest = workdir / f"src-{sha[:12]}"
+        if not dest.exists():
+            dest.mkdir()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "service"],
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        venv_py = REPO / ".venv" / "bin" / "python"
+        python = str(venv_py) if venv_py.exists() else sys.executable
+        return ([python, "-m", "quorumkv"], {"PYTHONPATH": str(dest / "service")},
+                f"git {sha[:12]} ({rev})")
+    path = spec or default
+    if not path:
+        sys.exit("quorumkv not found: pip install -e . (or --quorumkv PATH / --qkv-rev REV)")
+    return [path], {}, path + (" (working tree)" if path == default else "")
 
 
 def port_free(port: int) -> bool:
@@ -760,7 +785,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
           f"gateway (/v3/kv/put, /v3/kv/range, /v3/kv/txn); connections spread over "
           f"{'all members' if p['etcd_target'] == 'all' else 'the leader only'} "
           "(1-connection runs: the leader).",
-          f"- QuorumKV: 3 `quorumkv {p['qkv_mode']}` replicas on 127.0.0.1; connections spread "
+          f"- QuorumKV ({env.get('quorumkv_source') or '?'}): 3 `quorumkv {p['qkv_mode']}` "
+          "replicas on 127.0.0.1; connections spread "
           f"over {'all replicas' if p['qkv_target'] == 'all' else 'replica 0'} "
           "(1-connection runs: replica 0).",
           f"- Data directories on {env['data_fs']} ({env['data_dir']}), fsync real (etcd WAL "
@@ -819,6 +845,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--qkv-mode", choices=("serve", "local"), default="serve",
                     help="3 `quorumkv serve` processes (default) or one `quorumkv local`")
     ap.add_argument("--quorumkv", default=None, help="path of the quorumkv script")
+    ap.add_argument("--qkv-rev", default=None, metavar="REV",
+                    help="benchmark this git revision of service/ (exported to the work dir) "
+                         "instead of the installed working tree, e.g. HEAD")
     ap.add_argument("--etcd", default=None, help="path of the etcd binary")
     ap.add_argument("--data-dir", default="/var/tmp",
                     help="parent of the temporary data directories (must be a real disk)")
@@ -835,7 +864,7 @@ def parse_args() -> argparse.Namespace:
                     help="after the rounds, one py-spy-recorded QuorumKV run per workload")
     ap.add_argument("--profile-rate", type=int, default=50, help="py-spy samples/s")
     ap.add_argument("--variant", action="append", default=[],
-                    metavar="NAME=PATH[@VAR=VALUE;...]",
+                    metavar="NAME=PATH|rev:REV[@VAR=VALUE;...]",
                     help="also run another QuorumKV build (a quorumkv script, optionally with "
                          "environment variables) interleaved with the others, reported as "
                          "quorumkv:NAME: A/B-test a change on the same noisy machine")
@@ -865,8 +894,6 @@ def main() -> int:
     qkv_bin = opts.quorumkv or (str(REPO / ".venv" / "bin" / "quorumkv")
                                 if (REPO / ".venv" / "bin" / "quorumkv").exists()
                                 else shutil.which("quorumkv"))
-    if "quorumkv" in opts.system_list and not qkv_bin:
-        sys.exit("quorumkv not found: pip install -e . (or --quorumkv PATH)")
 
     parent = Path(opts.data_dir)
     parent.mkdir(parents=True, exist_ok=True)
@@ -903,17 +930,23 @@ def main() -> int:
             clusters.append(etcd)
             etcd.start()
             etcd.smoke()
+        qkv_source = ""
         if "quorumkv" in opts.system_list:
-            qkv = QuorumKV(workdir, qkv_bin, opts.qkv_mode)
+            cmd, cenv, qkv_source = qkv_command(
+                f"rev:{opts.qkv_rev}" if opts.qkv_rev else (opts.quorumkv or ""), qkv_bin,
+                workdir)
+            log(f"quorumkv: {qkv_source}")
+            qkv = QuorumKV(workdir, cmd, opts.qkv_mode, env=cenv)
             clusters.append(qkv)
             qkv.start()
             qkv.smoke()
         for spec in opts.variant:
             name, _, rest = spec.partition("=")
-            binary, _, envspec = rest.partition("@")
-            venv = dict(kv.split("=", 1) for kv in envspec.split(";") if "=" in kv)
-            var = QuorumKV(workdir, binary or qkv_bin, opts.qkv_mode,
-                           name=f"quorumkv:{name}", env=venv)
+            source, _, envspec = rest.partition("@")
+            cmd, venv, desc = qkv_command(source, qkv_bin, workdir)
+            venv.update(kv.split("=", 1) for kv in envspec.split(";") if "=" in kv)
+            log(f"quorumkv:{name}: {desc}")
+            var = QuorumKV(workdir, cmd, opts.qkv_mode, name=f"quorumkv:{name}", env=venv)
             clusters.append(var)
             var.start()
             var.smoke()
@@ -980,7 +1013,7 @@ def main() -> int:
             "etcd_version": tool_version([etcd_bin, "--version"]).replace("etcd Version: ", ""),
             "wrk_version": tool_version(["wrk", "-v"]).split(" [")[0].replace("wrk ", ""),
             "git_commit": git_commit, "git_dirty": git_dirty,
-            "quorumkv_bin": qkv_bin,
+            "quorumkv_source": qkv_source, "variants": opts.variant,
             "data_dir": str(workdir), "data_fs": fstype,
         },
         "parameters": {
