@@ -13,16 +13,20 @@ pytest -m jepsen -s service/tests/test_jepsen.py
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from jepsen import netfault
+from jepsen.nemesis import Nemesis
 from jepsen.procs import NodeAddr, Proc, ProcGroup, free_port, loopback_nodes, wait_http
 from jepsen.runner import RunConfig, RunResult, run
 from jepsen.workload import Mix, new_session
@@ -141,6 +145,66 @@ async def test_partitioner_cuts_exactly_the_links_between_nodes(
     listing = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
     assert chain not in listing  # the chain and its jump are gone
     assert _from(n2.host, n0) == "ok"
+
+
+class FakeProc(Proc):
+    """A Proc that only tracks state: the nemesis' bookkeeping without processes."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, [], Path("/dev/null"))
+        self.up = True
+
+    @property
+    def running(self) -> bool:
+        return self.up
+
+    @property
+    def crashed(self) -> int | None:
+        return None
+
+    def start(self) -> None:
+        assert not self.up, "started twice"
+        self.up, self.paused, self.starts = True, False, self.starts + 1
+
+    def kill(self) -> None:
+        self.up, self.paused = False, False
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+
+async def _fault_fake_cluster(size: int) -> None:
+    procs = {str(i): FakeProc(str(i)) for i in range(size)}
+    nem = Nemesis(dict(procs), None, random.Random(size), time.monotonic_ns())
+    worst = 0
+
+    async def watch() -> None:
+        nonlocal worst
+        while True:
+            worst = max(worst, sum(not p.up or p.paused for p in procs.values()))
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch())
+    await nem.random_faults(
+        ("kill", "pause"),
+        time.monotonic_ns() + int(0.6e9),
+        hold=(0.01, 0.03),
+        quiet=(0.0, 0.01),
+    )
+    watcher.cancel()
+    await nem.heal_all()
+    assert sum(nem.counts.values()) >= 5
+    assert worst <= (size - 1) // 2, f"{worst} of {size} down at once"
+    assert all(p.up and not p.paused for p in procs.values())
+    assert len(nem.windows) == sum(nem.counts.values())
+
+
+async def test_nemesis_faults_a_minority_at_a_time_and_undoes_everything() -> None:
+    for size in (3, 5):
+        await _fault_fake_cluster(size)
 
 
 # --- the real thing -------------------------------------------------------------------------

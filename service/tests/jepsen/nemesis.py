@@ -78,7 +78,7 @@ class Nemesis:
         while time.monotonic_ns() < until_ns:
             await asyncio.sleep(self.rng.uniform(*quiet))
             left = (until_ns - time.monotonic_ns()) / 1e9
-            if not usable or left < 1.0 or minority == 0:
+            if not usable or left < min(1.0, hold[0]) or minority == 0:
                 continue
             self.find_crashes()
             kind = self.rng.choice(usable)
