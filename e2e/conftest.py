@@ -19,6 +19,9 @@ from kube import CHART, ROOT, Kubectl, find_tool, run, wait_for
 
 IMAGE = os.environ.get("QUORUMKV_E2E_IMAGE", "quorumkv:dev")
 PULL_POLICY = os.environ.get("QUORUMKV_E2E_PULL_POLICY", "IfNotPresent")
+# The local cluster's in-tree host-path provisioner ignores fsGroup: replicas need the opt-in
+# volume-permissions init container there. Set to "false" on storage that honours fsGroup.
+VOLUME_PERMISSIONS = os.environ.get("QUORUMKV_E2E_VOLUME_PERMISSIONS_INIT", "true")
 RELEASE = "quorumkv"
 ARTIFACTS = ROOT / "e2e" / "_artifacts"
 
@@ -90,7 +93,8 @@ def namespace(kubectl: Kubectl, helm_bin: str) -> Iterator[str]:
     try:
         run([helm_bin, "install", RELEASE, str(CHART), "-n", ns, "--wait", "--timeout", "180s",
              "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
-             "--set", f"image.pullPolicy={PULL_POLICY}", "--set", "resyncInterval=15"],
+             "--set", f"image.pullPolicy={PULL_POLICY}", "--set", "resyncInterval=15",
+             "--set", f"volumePermissionsInit={VOLUME_PERMISSIONS}"],
             timeout=240)
         yield ns
     finally:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PULL_POLICY, _image_parts
+from conftest import PULL_POLICY, VOLUME_PERMISSIONS, _image_parts
 from kube import CHART, Kubectl, run, wait_for
 
 SAMPLE = """
@@ -28,7 +28,8 @@ def ha(kubectl: Kubectl, helm_bin: str) -> Iterator[Kubectl]:
     try:
         run([helm_bin, "install", "qkv-ha", str(CHART), "-n", ns, "--wait", "--timeout", "180s",
              "--set", "replicaCount=2", "--set", f"image.repository={repo}",
-             "--set", f"image.tag={tag}", "--set", f"image.pullPolicy={PULL_POLICY}"],
+             "--set", f"image.tag={tag}", "--set", f"image.pullPolicy={PULL_POLICY}",
+             "--set", f"volumePermissionsInit={VOLUME_PERMISSIONS}"],
             timeout=240)
         yield k
     finally:

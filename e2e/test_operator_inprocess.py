@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 import pytest
+from conftest import VOLUME_PERMISSIONS
 from kopf.testing import KopfRunner
 from kube import CHART, Kubectl, condition, summary, wait_for
 from quorumkv_operator.cli import kopf_settings, parse_args
@@ -39,7 +40,8 @@ def ns(kubectl: Kubectl) -> Iterator[Kubectl]:
 
 def runner(namespace: str) -> KopfRunner:
     settings, _ = parse_args(["-n", namespace, "--standalone", "--liveness", "off",
-                              "--log-format", "full"], env={})
+                              "--log-format", "full"],
+                             env={"QUORUMKV_OPERATOR_VOLUME_PERMISSIONS_INIT": VOLUME_PERMISSIONS})
     registry = kopf.OperatorRegistry()
     register(registry, settings)
     return KopfRunner(["run", "--standalone", "-n", namespace, "--verbose"],

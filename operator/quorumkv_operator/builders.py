@@ -134,8 +134,29 @@ def volume_claim_template(spec: ClusterSpec, size: str) -> dict[str, Any]:
     return {"metadata": {"name": "data", "labels": selector_labels(spec.name)}, "spec": claim}
 
 
+def volume_permissions_container(spec: ClusterSpec) -> dict[str, Any]:
+    """Opt-in (see `Settings.volume_permissions_init`): make the data volume writable by the
+    replica's uid on storage that ignores fsGroup. Root, but only CHOWN and FOWNER."""
+    return {
+        "name": "volume-permissions",
+        "image": spec.image,
+        "command": ["sh", "-c", f"chown {RUN_AS}:{RUN_AS} {DATA_DIR} && chmod 0770 {DATA_DIR}"],
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+    }
+
+
 def statefulset(
     spec: ClusterSpec, *, members: int, cluster_domain: str, claim_size: str | None = None,
+    volume_permissions_init: bool = False,
 ) -> Manifest:
     """The replicas. `members` is the membership the operator may run (it differs from
     `spec.replicas` while a scale request is refused); `claim_size` is the size already in
@@ -177,6 +198,9 @@ def statefulset(
                             },
                         }],
                     }},
+                    "initContainers": (
+                        [volume_permissions_container(spec)] if volume_permissions_init else []
+                    ),
                     "containers": [_container(spec, members, cluster_domain)],
                     "volumes": [
                         {"name": "token", "secret": {

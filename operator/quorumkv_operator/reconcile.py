@@ -93,7 +93,8 @@ async def reconcile(
         builders.peers_service(spec),
         builders.client_service(spec),
         builders.statefulset(spec, members=decision.members,
-                             cluster_domain=settings.cluster_domain, claim_size=claim_size),
+                             cluster_domain=settings.cluster_domain, claim_size=claim_size,
+                             volume_permissions_init=settings.volume_permissions_init),
         builders.pod_disruption_budget(spec, members=decision.members),
     ]
     changed = []

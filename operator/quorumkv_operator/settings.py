@@ -40,6 +40,12 @@ class Settings:
     cluster_domain: str = "cluster.local"
     """DNS suffix used in the peer URLs the replicas are given."""
 
+    volume_permissions_init: bool = False
+    """Add a root init container that chowns the data volume to the replica's uid. Only for
+    storage that ignores `fsGroup` (hostPath-style provisioners such as Kubernetes' in-tree
+    `kubernetes.io/host-path`, which creates 0750 root-owned directories). Off by default:
+    it is the one non-hardened container (root, CAP_CHOWN + CAP_FOWNER only)."""
+
     probe_timeout: float = 1.0
     """Seconds the operator waits for a replica's `/v1/cluster`. Short: a status refresh
     must not stall behind one dead pod, and pod readiness is the fallback."""
@@ -79,6 +85,9 @@ def env_settings(env: Mapping[str, str]) -> dict[str, object]:
         out["default_image"] = env["QUORUMKV_OPERATOR_DEFAULT_IMAGE"]
     if env.get("QUORUMKV_OPERATOR_CLUSTER_DOMAIN"):
         out["cluster_domain"] = env["QUORUMKV_OPERATOR_CLUSTER_DOMAIN"]
+    if env.get("QUORUMKV_OPERATOR_VOLUME_PERMISSIONS_INIT"):
+        flag = env["QUORUMKV_OPERATOR_VOLUME_PERMISSIONS_INIT"].strip().lower()
+        out["volume_permissions_init"] = flag in ("1", "true", "yes", "on")
     if env.get("QUORUMKV_OPERATOR_PROBE_TIMEOUT"):
         out["probe_timeout"] = float(env["QUORUMKV_OPERATOR_PROBE_TIMEOUT"])
     if env.get("QUORUMKV_OPERATOR_RESYNC_INTERVAL"):

@@ -164,3 +164,15 @@ def test_selector_string_matches_labels() -> None:
 def test_builders_are_deterministic(spec: ClusterSpec) -> None:
     assert build(spec) == build(spec)
     assert builders.token_secret(spec, "t") == builders.token_secret(spec, "t")
+
+
+def test_volume_permissions_init_is_opt_in(spec: ClusterSpec) -> None:
+    assert build(spec)["spec"]["template"]["spec"]["initContainers"] == []
+    (init,) = build(spec, volume_permissions_init=True)["spec"]["template"]["spec"][
+        "initContainers"]
+    assert init["securityContext"]["runAsUser"] == 0
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"],
+                                                       "add": ["CHOWN", "FOWNER"]}
+    assert init["securityContext"]["allowPrivilegeEscalation"] is False
+    assert init["volumeMounts"] == [{"name": "data", "mountPath": "/var/lib/quorumkv"}]
+    assert "10001:10001" in init["command"][-1]

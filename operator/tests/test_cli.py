@@ -37,6 +37,9 @@ def test_environment_sets_image_and_domain() -> None:
     s, _ = parse_args([], env={"QUORUMKV_OPERATOR_DEFAULT_IMAGE": "img:9",
                                "QUORUMKV_OPERATOR_CLUSTER_DOMAIN": "corp.local"})
     assert (s.default_image, s.cluster_domain) == ("img:9", "corp.local")
+    assert not s.volume_permissions_init
+    s, _ = parse_args([], env={"QUORUMKV_OPERATOR_VOLUME_PERMISSIONS_INIT": "true"})
+    assert s.volume_permissions_init
 
 
 def test_kopf_bookkeeping_stays_out_of_status() -> None:
