@@ -70,6 +70,8 @@ def _dump_artifacts(k: Kubectl, namespace: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, args in {
         "operator.log": ["logs", "deploy/quorumkv-operator", "--all-containers", "--tail=2000"],
+        "replicas.log": ["logs", "-l", "app.kubernetes.io/name=quorumkv", "--prefix",
+                         "--all-containers", "--tail=500", "--max-log-requests=20"],
         "events.txt": ["get", "events", "--sort-by=.lastTimestamp"],
         "objects.yaml": ["get", "kvc,sts,svc,pdb,pvc,pods", "-o", "yaml"],
     }.items():

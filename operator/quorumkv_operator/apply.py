@@ -104,16 +104,25 @@ class Kube:
                 return None
             raise
 
-    def patch_status(self, name: str, namespace: str, status: dict[str, Any]) -> None:
+    def patch_status(self, name: str, namespace: str, status: dict[str, Any],
+                     resource_version: str | None = None) -> bool:
         """Merge-patch the status subresource (lists such as conditions are replaced whole,
-        which is what we want: `status.compute` always returns the full list)."""
+        which is what we want: `status.compute` always returns the full list). With
+        `resource_version`, only if the object did not change since it was read (False
+        on conflict: the caller re-reads), so a slow refresh never overwrites newer status."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": status},
-                _content_type=MERGE)
+                GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE)
+            return True
         except ApiException as e:
+            if e.status == 409:
+                return False
             if e.status != 404:  # deleted meanwhile: nothing to report on
                 raise
+            return True
 
     def expand_claims(self, namespace: str, claim_names: list[str], size: str) -> list[str]:
         """Ask each existing PVC for at least `size` (volume expansion); the API server

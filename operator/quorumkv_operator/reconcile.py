@@ -128,21 +128,29 @@ async def reconcile(
 
 
 async def refresh(
-    kube: Kube, settings: Settings, namespace: str, name: str,
+    kube: Kube, settings: Settings, namespace: str, name: str, attempts: int = 3,
 ) -> tuple[Mapping[str, Any], list[Event]] | None:
     """Recompute and write status only (after a pod or StatefulSet event). Keeps the
-    stored `observedGeneration`: only a reconcile may claim to have acted on a spec."""
-    body = await asyncio.to_thread(kube.kvcluster, name, namespace)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return None
-    spec = ClusterSpec.from_body(body, settings.default_image)
-    sts = await asyncio.to_thread(kube.statefulset, name, namespace)
-    previous = body.get("status") or {}
-    decision = decide_scaling(body, sts, spec.replicas)
-    generation = int(previous.get("observedGeneration") or 0)
-    new_status = await observe_status(kube, settings, body, sts, decision, generation)
-    if status.strip_volatile(new_status) == status.strip_volatile(previous):
-        return body, []
-    await asyncio.to_thread(kube.patch_status, name, namespace, new_status)
-    return body, status.transition_events(previous.get("conditions") or [],
-                                          new_status["conditions"])
+    stored `observedGeneration`: only a reconcile may claim to have acted on a spec. The
+    write is conditional on the resourceVersion read, and retried on a conflict."""
+    for _ in range(attempts):
+        body = await asyncio.to_thread(kube.kvcluster, name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        previous = body.get("status") or {}
+        if not previous.get("observedGeneration"):
+            return None  # not reconciled yet: the create handler writes the first status
+        spec = ClusterSpec.from_body(body, settings.default_image)
+        sts = await asyncio.to_thread(kube.statefulset, name, namespace)
+        decision = decide_scaling(body, sts, spec.replicas)
+        generation = int(previous["observedGeneration"])
+        new_status = await observe_status(kube, settings, body, sts, decision, generation)
+        new_status["lastProbeTime"] = previous.get("lastProbeTime") or now_iso()
+        if status.strip_volatile(new_status) == status.strip_volatile(previous):
+            return body, []
+        written = await asyncio.to_thread(kube.patch_status, name, namespace, new_status,
+                                          body["metadata"].get("resourceVersion"))
+        if written:
+            return body, status.transition_events(previous.get("conditions") or [],
+                                                  new_status["conditions"])
+    return None
