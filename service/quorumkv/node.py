@@ -52,13 +52,16 @@ def open_storage(settings: ServeSettings) -> tuple[Storage, str, int]:
 
 
 def bootstrap_config(settings: ServeSettings) -> Config:
-    """Epoch 1 from the peer list, for a data directory that has no configuration yet.
+    """Epoch 0 from the peer list, for a data directory that has no configuration yet.
 
-    Every replica of a new cluster derives the same one. A replica added later by scaling is
-    started with the same list, which does not name it: it is not a voter in that config and
-    waits, not ready, until a membership change adds it (and it adopts that configuration).
+    Epoch 0 is only a proposal: the replica does not vote or serve under it. It adopts the
+    configuration of any peer that has one; it makes epoch 1 of the list itself only when
+    every listed peer answers and none has a configuration (a new cluster: all replicas do
+    the same and agree). So a replica that comes back empty after a scale-down, or one added
+    by scaling (not in the list), never forms a quorum of its own with another fresh one: it
+    learns the real configuration and waits to be added.
     """
-    return make_config(1, settings.peers, None, settings.peers)
+    return make_config(0, settings.peers, None, settings.peers)
 
 
 class Node:
@@ -95,7 +98,8 @@ class Node:
                                        on_repair=self.metrics.repairs.inc)
         self.changer = MembershipChanger(self.membership, self.local, self.coordinator,
                                          self._link_for)
-        self._tasks = [asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        self._tasks = [asyncio.create_task(self._bootstrap(), name="bootstrap"),
+                       asyncio.create_task(self._heartbeat(), name="heartbeat"),
                        asyncio.create_task(self.antientropy.run(), name="anti-entropy")]
         log.info("replica started", extra={
             "node": self.settings.node_id, "incarnation": self.incarnation, "boot": self.boot,
@@ -146,6 +150,22 @@ class Node:
             await self._session.close()
         await self._committer.close()
 
+    async def _bootstrap(self) -> None:
+        """Leave epoch 0: by learning a peer's configuration, or by unanimous bootstrap."""
+        while not self.membership.config.initialized:
+            proposal = self.membership.config
+            if self.settings.node_id in proposal.voters:
+                peers = [self.links[p] for p in proposal.voters if p in self.links]
+                answers = await asyncio.gather(*(link.heartbeat() for link in peers))
+                if all(answers) and self.membership.config == proposal:
+                    adopted = self.membership.adopt(proposal._replace(epoch=1))
+                    if adopted is not None:
+                        await adopted
+                    log.info("bootstrapped a new cluster",
+                             extra={"members": sorted(proposal.voters)})
+                    return
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.gather(*(link.heartbeat() for link in self.links.values()))
@@ -166,6 +186,9 @@ class Node:
     def readiness(self) -> tuple[bool, str]:
         """Ready when this replica can serve: identity valid, quorum reachable, caught up."""
         config = self.membership.config
+        if not config.initialized:
+            return False, ("not initialized: waiting for every replica of the peer list to "
+                           "answer (new cluster) or for a peer's configuration")
         if not self.membership.is_voter:
             return False, (f"not a member of the configuration at epoch {config.epoch}: "
                            "waiting to be added")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
@@ -161,5 +162,42 @@ async def test_a_removed_member_added_back_forgets_its_stale_state(tmp_path: Pat
         replicas.wait_ready(["3"])
         replicas.kill("0")  # a quorum of 3 out of 4 must now include node 3
         await assert_all_readable(replicas.urls["3"], {"k": b"new", "later": b"x"})
+    finally:
+        replicas.stop_all()
+
+
+async def test_fresh_replicas_never_bootstrap_a_cluster_of_their_own(tmp_path: Path) -> None:
+    """After a scale-down to one member, empty replicas from the old peer list come back:
+    with the member down they must not form a quorum together; with it up they learn the
+    real configuration and wait to be added."""
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        async with Client(replicas.urls["0"]) as client:
+            await client.put("k", b"v")
+        await change(replicas, "0", ["0"])
+        for node in ("1", "2"):
+            replicas.kill(node)
+            shutil.rmtree(replicas.data_dir(node))
+        replicas.kill("0")
+        for node in ("1", "2"):
+            replicas.start(node)
+        replicas.wait_alive(["1", "2"])
+        await asyncio.sleep(2)  # plenty of heartbeats between the two fresh replicas
+        for node in ("1", "2"):
+            info = await cluster_view(replicas.urls[node])
+            assert info["epoch"] == 0 and not info["ready"], info
+        async with Client(replicas.urls["1"], timeout=10) as client:
+            with pytest.raises(QuorumKVError):
+                await client.put("k", b"split brain")
+        replicas.start("0")
+        replicas.wait_ready(["0"])
+        deadline = time.monotonic() + 15
+        while (await cluster_view(replicas.urls["1"]))["epoch"] == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        info = await cluster_view(replicas.urls["1"])
+        assert [m["id"] for m in info["members"]] == ["0"] and not info["ready"]  # type: ignore[union-attr]
+        await assert_all_readable(replicas.urls["0"], {"k": b"v"})
     finally:
         replicas.stop_all()

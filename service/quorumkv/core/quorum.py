@@ -24,6 +24,11 @@ class Config(NamedTuple):
         return self.members | (self.joining or frozenset())
 
     @property
+    def initialized(self) -> bool:
+        """Epoch 0 is the bootstrap proposal of a replica that has not joined any cluster."""
+        return self.epoch >= 1
+
+    @property
     def is_joint(self) -> bool:
         return self.joining is not None
 
@@ -55,7 +60,7 @@ class Config(NamedTuple):
             raise ValueError("a configuration must be a map")
         epoch, members, joining, urls = (raw.get(k) for k in ("epoch", "members", "joining",
                                                                "urls"))
-        if not (isinstance(epoch, int) and epoch >= 1 and isinstance(members, list)
+        if not (isinstance(epoch, int) and epoch >= 0 and isinstance(members, list)
                 and all(isinstance(m, str) for m in members) and members
                 and isinstance(urls, dict)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in urls.items())):

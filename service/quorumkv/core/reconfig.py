@@ -40,6 +40,8 @@ def next_step(current: Config, target: Mapping[str, str], rescanned: bool) -> St
     members = frozenset(target)
     if not members:
         return Refused("the new member set is empty")
+    if not current.initialized:
+        return Refused("this replica has not joined a cluster yet")
     if not current.is_joint:
         if current.members == members:
             return Done(current)

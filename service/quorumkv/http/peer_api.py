@@ -64,6 +64,8 @@ async def batch(request: web.Request) -> web.Response:
                        else "conflicting_config",
                        f"the batch was made under epoch {envelope.config.epoch}; this node is "
                        f"at epoch {membership.config.epoch}")
+    if envelope.messages and not membership.config.initialized:
+        return _refuse(node, "not_initialized", "this replica has not joined a cluster yet")
     if not membership.admits(envelope.sender, envelope.incarnation):
         log.warning("refused a peer of unknown identity", extra={
             "peer": envelope.sender, "incarnation": envelope.incarnation,

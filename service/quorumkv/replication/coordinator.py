@@ -65,8 +65,18 @@ class Coordinator:
         # key -> (ballot promised with our last accept, the register it chose, its epoch)
         self._promised: OrderedDict[str, tuple[Ballot, Register, int]] = OrderedDict()
 
+    def _check_initialized(self) -> None:
+        """Only members coordinate: peers refuse proposals from strangers (a node outside
+        the membership has no identity they can check, and ballot uniqueness rests on it)."""
+        if not self._membership.config.initialized:
+            raise QuorumUnavailable("this replica has not joined a cluster yet")
+        if not self._membership.is_voter:
+            raise QuorumUnavailable("this replica is not a member of the cluster (yet); "
+                                    "send requests to a member")
+
     async def read(self, key: str) -> Register:
         """A linearizable read: one round trip if a quorum agrees, else a write-back."""
+        self._check_initialized()
         deadline = asyncio.get_running_loop().time() + self._timeout
         prop, send = proposer.begin_read(key, self._membership.config, self._node, self._boot,
                                          self._local.seen(key))
@@ -84,6 +94,7 @@ class Coordinator:
         self, key: str, change: Change, deadline: float | None = None
     ) -> tuple[Outcome, Register]:
         """Apply `change` to `key` through Paxos; raises `QuorumUnavailable`."""
+        self._check_initialized()
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self._timeout

@@ -68,7 +68,8 @@ class Membership:
         if config.epoch <= self.config.epoch:
             return None
         old, self.config = self.config, config
-        joined = self.node_id in config.voters and self.node_id not in old.voters
+        joined = self.node_id in config.voters and not (
+            old.initialized and self.node_id in old.voters)
         forgotten = self._on_join() if joined and self._on_join is not None else None
         for node in old.voters - config.voters:
             if node != self.node_id:
@@ -86,7 +87,7 @@ class Membership:
 
     @property
     def is_voter(self) -> bool:
-        return self.node_id in self.config.voters
+        return self.config.initialized and self.node_id in self.config.voters
 
     def admits(self, node: str, incarnation: str) -> bool:
         """Whether `node` speaking as `incarnation` may vote; learns it on first use."""

@@ -164,7 +164,10 @@ class PeerLink:
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             self._mark_down(f"{type(exc).__name__}: {exc}")
             raise PeerUnavailable(self.last_error) from None
-        if not self._membership.admits(self.peer_id, incarnation):
+        # a voter's replies count as votes: its identity must match; a leaver's reply (the ack
+        # of the configuration that removes it) is only an acknowledgement
+        if self.peer_id in self._membership.config.voters \
+                and not self._membership.admits(self.peer_id, incarnation):
             self._mark_down(f"{self.peer_id} answered as unknown incarnation {incarnation}")
             raise PeerUnavailable(self.last_error)
         if len(replies) != len(msgs):
