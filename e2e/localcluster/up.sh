@@ -32,13 +32,13 @@ any_running=false
 for d in "${ALL_DAEMONS[@]}"; do daemon_pid "$d" >/dev/null && any_running=true; done
 if ! $any_running && { [[ -d $STATE_DIR/etcd || -d $CONTAINERD_STATE ]] || ip link show "$DUMMY_IF" >/dev/null 2>&1; }; then
     log "found state of a cluster that is no longer running: cleaning it up first (down.sh)"
-    LOCALCLUSTER_LOCK_HELD=1 "$LC_DIR/down.sh"
+    LOCALCLUSTER_LOCK_HELD=1 "$LC_DIR/down.sh" >&2
 fi
 mkdir -p "$LOG_DIR" "$RUN_DIR" "$PKI_DIR"
 log "bringing up the local cluster (state: $STATE_DIR, logs: $LOG_DIR)"
 
 # --- 1. binaries --------------------------------------------------------------------------
-"$LC_DIR/build.sh"
+"$LC_DIR/build.sh" >&2
 
 # --- 2. runtime packages from Debian ----------------------------------------------------
 need_pkgs=()
