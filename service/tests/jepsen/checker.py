@@ -5,9 +5,10 @@ Pure: no I/O (it only times itself). The algorithm is the one Porcupine implemen
 
 1. Split the history per key (linearizability is compositional, Herlihy & Wing 1990).
 2. Lay the operations' call and return events on a doubly linked list in time order.
-3. Depth-first: take the first call entry whose operation the model accepts on the current
-   state, "lift" it (remove its call and return from the list), and restart from the head;
-   reaching a return entry means that operation had to be linearized already: backtrack.
+3. Depth-first: the candidates are the calls before the first pending return (an op whose
+   return comes first must be linearized before anything invoked after it); take one the
+   model accepts on the current state, "lift" it (remove its call and return from the
+   list) and go on from the new list; when no candidate is left, backtrack.
 4. Lowe's cache: never explore the same (set of linearized ops, model state) twice.
 
 Indeterminate (`info`) operations have no return entry: they may take effect at any point
