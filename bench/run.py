@@ -406,10 +406,15 @@ class QuorumKV(Cluster):
 
 def qkv_command(spec: str, default: str | None, workdir: Path
                 ) -> tuple[list[str], dict[str, str], str]:
-    """`rev:REV` (a git revision of this repository, exported, run with the venv's Python),
-    a path to a `quorumkv` script, or "" for the installed one -> (command, env, description)."""
+    """-> (command, env, description) for: "" (the installed quorumkv), a path to a quorumkv
+    script (`.py`: run with the venv's Python), or `rev:REV[+WRAPPER.py]`: a git revision of
+    this repository's service/ exported to the work dir (optionally run through a wrapper such
+    as bench/experiments/qkv_tuned.py)."""
+    venv_py = REPO / ".venv" / "bin" / "python"
+    python = str(venv_py) if venv_py.exists() else sys.executable
     if spec.startswith("rev:"):
-        rev = spec[4:] or "HEAD"
+        rev, _, wrapper = spec[4:].partition("+")
+        rev = rev or "HEAD"
         sha = git("rev-parse", "--verify", rev + "^{commit}")
         if not sha:
             sys.exit(f"unknown git revision {rev!r}")
@@ -419,14 +424,16 @@ def qkv_command(spec: str, default: str | None, workdir: Path
             archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "service"],
                                      capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-        venv_py = REPO / ".venv" / "bin" / "python"
-        python = str(venv_py) if venv_py.exists() else sys.executable
-        return ([python, "-m", "quorumkv"], {"PYTHONPATH": str(dest / "service")},
-                f"git {sha[:12]} ({rev})")
+        if wrapper:
+            wrapper = str(Path(wrapper).resolve())
+        command = [python, wrapper] if wrapper else [python, "-m", "quorumkv"]
+        return (command, {"PYTHONPATH": str(dest / "service")},
+                f"git {sha[:12]} ({rev})" + (f" via {wrapper}" if wrapper else ""))
     path = spec or default
     if not path:
         sys.exit("quorumkv not found: pip install -e . (or --quorumkv PATH / --qkv-rev REV)")
-    return [path], {}, path + (" (working tree)" if path == default else "")
+    command = [python, path] if path.endswith(".py") else [path]
+    return command, {}, path + (" (working tree)" if path == default else "")
 
 
 def port_free(port: int) -> bool:
@@ -864,7 +871,7 @@ def parse_args() -> argparse.Namespace:
                     help="after the rounds, one py-spy-recorded QuorumKV run per workload")
     ap.add_argument("--profile-rate", type=int, default=50, help="py-spy samples/s")
     ap.add_argument("--variant", action="append", default=[],
-                    metavar="NAME=PATH|rev:REV[@VAR=VALUE;...]",
+                    metavar="NAME=PATH|rev:REV[+WRAPPER.py][@VAR=VALUE;...]",
                     help="also run another QuorumKV build (a quorumkv script, optionally with "
                          "environment variables) interleaved with the others, reported as "
                          "quorumkv:NAME: A/B-test a change on the same noisy machine")

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Run `quorumkv` with experimental tuning knobs, for A/B runs with `bench/run.py --variant`.
+
+NOT part of the product: it monkeypatches internals of a given revision to measure what a
+change would buy before anybody writes it properly. Knobs (environment variables):
+
+  QKV_SRC=DIR                 import quorumkv from DIR (e.g. an exported revision's service/)
+  QKV_GC_THRESHOLD=a,b,c      gc.set_threshold(a, b, c); e.g. 20000,50,1000000 makes the
+                              full (gen 2) collections that pause 100-470 ms very rare
+  QKV_GC_FREEZE_AFTER=S       gc.freeze() S seconds after start (state loaded by then)
+  QKV_GC_LOG=1                log GC counts, total and max pause every 5 s (stderr)
+  QKV_INFLIGHT=N              concurrent batches per peer link (PeerLink max_inflight)
+  QKV_INLINE_COMMIT=1         run the SQLite group commit on the event loop thread
+
+Example: A/B of a revision against itself with the GC knob, interleaved on the same machine:
+  python3 bench/run.py --systems quorumkv --qkv-rev HEAD --workloads put,get \
+    --variant "gc=rev:HEAD+bench/experiments/qkv_tuned.py@QKV_GC_THRESHOLD=20000,50,1000000"
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+if os.environ.get("QKV_SRC"):
+    sys.path.insert(0, os.environ["QKV_SRC"])
+
+
+def _gc_knobs() -> None:
+    if os.environ.get("QKV_GC_THRESHOLD"):
+        a, b, c = (int(x) for x in os.environ["QKV_GC_THRESHOLD"].split(","))
+        gc.set_threshold(a, b, c)
+    if os.environ.get("QKV_GC_FREEZE_AFTER"):
+        delay = float(os.environ["QKV_GC_FREEZE_AFTER"])
+        threading.Timer(delay, gc.freeze).start()
+    if os.environ.get("QKV_GC_LOG"):
+        stats = {g: [0, 0.0, 0.0] for g in range(3)}
+        started = [0.0]
+
+        def callback(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+                return
+            pause = time.perf_counter() - started[0]
+            s = stats[info["generation"]]
+            s[0] += 1
+            s[1] += pause
+            s[2] = max(s[2], pause)
+
+        gc.callbacks.append(callback)
+
+        def report() -> None:
+            while True:
+                time.sleep(5)
+                sys.stderr.write("GCSTATS " + " ".join(
+                    f"gen{g}: n={s[0]} total={s[1] * 1e3:.0f}ms max={s[2] * 1e3:.1f}ms"
+                    for g, s in stats.items()) + "\n")
+                sys.stderr.flush()
+
+        threading.Thread(target=report, daemon=True).start()
+
+
+def _inflight_knob() -> None:
+    if not os.environ.get("QKV_INFLIGHT"):
+        return
+    from quorumkv.replication import transport
+
+    n = int(os.environ["QKV_INFLIGHT"])
+    original = transport.PeerLink.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["max_inflight"] = n
+        original(self, *args, **kwargs)
+
+    transport.PeerLink.__init__ = init  # type: ignore[method-assign]
+
+
+class _InlineExecutor(concurrent.futures.Executor):
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def _inline_commit_knob() -> None:
+    if os.environ.get("QKV_INLINE_COMMIT") != "1":
+        return
+    from quorumkv.storage import committer
+
+    committer.ThreadPoolExecutor = lambda *a, **k: _InlineExecutor()  # type: ignore
+
+
+def main() -> int:
+    _gc_knobs()
+    _inflight_knob()
+    _inline_commit_knob()
+    from quorumkv.cli import main as quorumkv_main
+
+    sys.argv[0] = "quorumkv"
+    return int(quorumkv_main() or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
