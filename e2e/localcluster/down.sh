@@ -60,11 +60,11 @@ if daemon_pid containerd >/dev/null && [[ -S $CONTAINERD_SOCK ]]; then
 fi
 # Anything left in the kubepods cgroups (cgroupfs driver) is ours: kill it, then remove the cgroups.
 for pass in 1 2 3; do
-    pids=$(cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
+    leftover=$(cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
         /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs 2>/dev/null | sort -u)
-    [[ -z $pids ]] && break
-    log "killing $(wc -w <<<"$pids") leftover pod processes (pass $pass)"
-    kill -KILL $pids 2>/dev/null
+    [[ -z $leftover ]] && break
+    log "killing $(wc -w <<<"$leftover") leftover pod processes (pass $pass)"
+    kill -KILL $leftover 2>/dev/null
     sleep 1
 done
 stop_daemon containerd 10
@@ -77,7 +77,7 @@ for p in /proc/[0-9]*; do
 done
 
 # 3. Control plane.
-stop_daemons kube-scheduler kube-controller-manager kube-apiserver etcd
+stop_daemons kube-scheduler kube-controller-manager pv-perms kube-apiserver etcd
 
 # 4. Unmount everything under our directories (deepest first), and the pod network namespaces
 #    that containerd's CRI created (/run/netns/cni-*).

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source me:  source e2e/localcluster/env.sh
 # Exports KUBECONFIG for the local cluster and puts the built kubectl (and the other cluster
 # binaries) first on PATH. Does not start anything: run up.sh first.

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared settings for the local cluster scripts. Source it (it sources e2e/tools/common.sh).
 # Defines variables and helpers only; no side effects beyond creating the cache directory.
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../tools/common.sh"
@@ -87,7 +88,7 @@ wait_for() {
     log "$what: ok ($((SECONDS - t0))s)"
 }
 
-ALL_DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns)
+ALL_DAEMONS=(etcd kube-apiserver kube-controller-manager pv-perms kube-scheduler containerd kubelet kube-proxy coredns)
 
 cluster_healthy() {
     local d

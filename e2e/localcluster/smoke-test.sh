@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prove the local cluster works for what the operator needs. Needs up.sh to have run.
 #  - an image built here (busybox-static in a scratch rootfs, `docker import`) loaded with load-image.sh
-#  - a StatefulSet of 2 with volumeClaimTemplates: PVCs Bound on the default StorageClass
+#  - a StatefulSet of 2 (non-root) with volumeClaimTemplates: PVCs Bound on the default
+#    StorageClass, writable by the non-root container
 #  - from a pod: DNS for <pod>.<headless-svc>.<ns>.svc.cluster.local and kubernetes.default.svc,
 #    a ClusterIP Service, the API server at https://kubernetes.default.svc with the pod's token
 #  - deleting the PVCs deletes the PVs and their host directories
@@ -58,6 +59,7 @@ spec:
     metadata: {labels: {app: web}}
     spec:
       terminationGracePeriodSeconds: 1
+      securityContext: {runAsUser: 1000, runAsGroup: 1000}   # non-root must be able to write its PVC
       containers:
       - name: web
         image: $IMG
@@ -95,7 +97,7 @@ check "DNS of an outside name is NXDOMAIN, never forwarded" sh -c "! kubectl -n 
 check "ClusterIP Service web" x sh -c 'probe get http://web/ | grep -q "^web-"'
 check "pod to pod through the headless name" x sh -c "probe get http://web-1.peers:8080/ | grep -qx web-1"
 check "API server at https://kubernetes.default.svc, in-cluster config (token, CA)" x sh -c 'probe api | grep -q gitVersion'
-check "data written on the volume" sh -c "kubectl -n $NS exec web-0 -- cat /data/index.html | grep -qx web-0"
+check "data written on the volume by a non-root container" sh -c "kubectl -n $NS exec web-0 -- cat /data/index.html | grep -qx web-0"
 
 pv_dirs=$(kubectl get pv -o jsonpath='{range .items[?(@.spec.claimRef.namespace=="'"$NS"'")]}{.spec.hostPath.path}{" "}{end}')
 log "deleting the test namespace (PVs reclaimed: $pv_dirs)"

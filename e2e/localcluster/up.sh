@@ -124,6 +124,7 @@ start_daemon kube-controller-manager "$K8S_BIN/kube-controller-manager" \
     --cluster-signing-cert-file "$PKI_DIR/ca.crt" --cluster-signing-key-file "$PKI_DIR/ca.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false \
     --enable-hostpath-provisioner=true --profiling=false --v=1
+start_daemon pv-perms "$LC_DIR/pv-perms.sh" "$HOSTPATH_PV_DIR"
 start_daemon kube-scheduler "$K8S_BIN/kube-scheduler" \
     --kubeconfig "$STATE_DIR/scheduler.kubeconfig" \
     --authentication-kubeconfig "$STATE_DIR/scheduler.kubeconfig" \
