@@ -47,7 +47,8 @@ def test_installing_quorum_covers_both_sides() -> None:
 def test_config_json_round_trip_and_strictness() -> None:
     joint = make_config(2, ["0", "1", "2"], B, URLS)
     assert Config.from_json(joint.to_json()) == joint
-    for bad in (None, {"epoch": 0, "members": ["0"], "urls": {"0": "u"}},
+    assert not Config.from_json({"epoch": 0, "members": ["0"], "urls": {"0": "u"}}).initialized
+    for bad in (None, {"epoch": -1, "members": ["0"], "urls": {"0": "u"}},
                 {"epoch": 1, "members": ["0"], "urls": {}},
                 {"epoch": 1, "members": [], "urls": {}}):
         try:

@@ -21,6 +21,9 @@ from .netfault import Partitioner
 from .procs import Proc
 
 FAULT_KINDS = ("kill", "pause", "partition", "bridge", "ring")
+# Whole-cluster power loss: kill -9 every replica at once, restart them all. Safety only —
+# nothing acknowledged may be lost — so it is opt-in and never counted for availability.
+EXTRA_KINDS = ("kill-all",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Nemesis:
         return [
             k
             for k in wanted
-            if k in ("kill", "pause")
+            if k in ("kill", "pause", "kill-all")
             or (self.partitioner is not None and (k != "ring" or len(self.procs) >= 5))
         ]
 
@@ -86,6 +89,8 @@ class Nemesis:
             short = self.rng.random() < 0.2
             duration = min(self.rng.uniform(0.05, 0.5) if short else self.rng.uniform(*hold), left)
             victims = tuple(sorted(self.rng.sample(ids, self.rng.randint(1, minority))))
+            if kind == "kill-all":
+                victims = tuple(ids)
             await self.hold(kind, victims, duration)
 
     async def hold(self, kind: str, victims: tuple[str, ...], duration: float) -> None:
@@ -93,7 +98,7 @@ class Nemesis:
         start = time.monotonic_ns()
         rest = [n for n in sorted(self.procs) if n not in victims]
         try:
-            if kind == "kill":
+            if kind in ("kill", "kill-all"):
                 for n in victims:
                     self.procs[n].kill()
                 self.note(f"kill -9 {list(victims)}")
@@ -132,7 +137,7 @@ class Nemesis:
             self.windows.append(Window(kind, victims, start, time.monotonic_ns()))
 
     async def undo(self, kind: str, victims: tuple[str, ...]) -> None:
-        if kind == "kill":
+        if kind in ("kill", "kill-all"):
             for n in victims:
                 self.procs[n].start()
             self.note(f"restart {list(victims)}")
