@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from jepsen import netfault
-from jepsen.nemesis import Nemesis
+from jepsen.nemesis import EXTRA_KINDS, FAULT_KINDS, Nemesis
 from jepsen.procs import NodeAddr, Proc, ProcGroup, free_port, loopback_nodes, wait_http
 from jepsen.runner import RunConfig, RunResult, run
 from jepsen.workload import Mix, new_session
@@ -230,9 +230,10 @@ def _show(result: RunResult) -> None:
 @pytest.mark.jepsen
 @pytest.mark.timeout(240)
 async def test_linearizable_and_available_under_faults(tmp_path: Path) -> None:
-    """Kill -9, pause, partition and bridge one replica of three at a time while 12 clients
-    (4 per key, fresh keys every 150 ops) read, write, CAS, create and delete."""
-    cfg = RunConfig.from_env(tmp_path, duration_s=60.0, seed=1)
+    """Kill -9, pause, partition and bridge one replica of three at a time — and now and then
+    kill -9 all three at once (power loss: nothing acknowledged may be lost) — while 12
+    clients (4 per key, fresh keys every 150 ops) read, write, CAS, create and delete."""
+    cfg = RunConfig.from_env(tmp_path, duration_s=60.0, seed=1, faults=(*FAULT_KINDS, *EXTRA_KINDS))
     result = await run(cfg)
     _show(result)
     assert not result.errors, f"harness errors: {result.errors}"

@@ -74,17 +74,21 @@ class Nemesis:
         hold: tuple[float, float] = (2.0, 5.0),
         quiet: tuple[float, float] = (1.0, 2.5),
     ) -> None:
-        """Alternate quiet periods and one fault at a time until `until_ns`."""
+        """Alternate quiet periods and one fault at a time until `until_ns`; the kinds come
+        round in shuffled rounds, so a short run still injects each of them."""
         usable = self.kinds(kinds)
         ids = sorted(self.procs)
         minority = (len(ids) - 1) // 2
+        bag: list[str] = []
         while time.monotonic_ns() < until_ns:
             await asyncio.sleep(self.rng.uniform(*quiet))
             left = (until_ns - time.monotonic_ns()) / 1e9
             if not usable or left < min(1.0, hold[0]) or minority == 0:
                 continue
             self.find_crashes()
-            kind = self.rng.choice(usable)
+            if not bag:  # every kind once per round, in a random order: all get covered
+                bag = self.rng.sample(usable, len(usable))
+            kind = bag.pop()
             # now and then a very short fault: a restart racing its own recovery
             short = self.rng.random() < 0.2
             duration = min(self.rng.uniform(0.05, 0.5) if short else self.rng.uniform(*hold), left)
