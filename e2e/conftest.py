@@ -19,9 +19,9 @@ from kube import CHART, ROOT, Kubectl, find_tool, run, wait_for
 
 IMAGE = os.environ.get("QUORUMKV_E2E_IMAGE", "quorumkv:dev")
 PULL_POLICY = os.environ.get("QUORUMKV_E2E_PULL_POLICY", "IfNotPresent")
-# The local cluster's in-tree host-path provisioner ignores fsGroup: replicas need the opt-in
-# volume-permissions init container there. Set to "false" on storage that honours fsGroup.
-VOLUME_PERMISSIONS = os.environ.get("QUORUMKV_E2E_VOLUME_PERMISSIONS_INIT", "true")
+# Storage that ignores fsGroup (e.g. the in-tree host-path provisioner without the local
+# cluster's pv-perms helper) needs the opt-in volume-permissions init container: set "true".
+VOLUME_PERMISSIONS = os.environ.get("QUORUMKV_E2E_VOLUME_PERMISSIONS_INIT", "false")
 RELEASE = "quorumkv"
 ARTIFACTS = ROOT / "e2e" / "_artifacts"
 
