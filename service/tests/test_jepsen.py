@@ -290,6 +290,7 @@ async def test_checker_flags_amnesia_in_the_unsafe_volatile_mode(tmp_path: Path)
     assert failure.culprit, "a failure must name the op that cannot be explained"
 
 
+@pytest.mark.integration
 def test_no_leftover_iptables_chains() -> None:
     """Earlier runs (even killed ones) must not leave chains behind: every chain of ours
     that remains belongs to a live process (a run going on right now)."""
