@@ -54,6 +54,8 @@ class Nemesis:
         self.windows: list[Window] = []
         self.counts: dict[str, int] = {}
         self.crashes: list[str] = []
+        self.busy: set[str] = set()  # nodes under a fault now (several loops may run)
+        self.net_busy = False  # one network fault at a time: heal() clears every cut
 
     def note(self, what: str) -> None:
         self.log.append(((time.monotonic_ns() - self.t0_ns) / 1e9, what))
@@ -98,7 +100,23 @@ class Nemesis:
             await self.hold(kind, victims, duration)
 
     async def hold(self, kind: str, victims: tuple[str, ...], duration: float) -> None:
-        """Apply one fault to `victims`, keep it `duration` seconds, undo it."""
+        """Apply one fault to `victims`, keep it `duration` seconds, undo it. Skipped when it
+        would touch a node or the network that another loop is faulting right now."""
+        net = kind in ("partition", "bridge", "ring")
+        if (net and self.net_busy) or self.busy & set(victims):
+            return
+        if kind == "kill-all" and (self.busy or self.net_busy):
+            return
+        self.busy |= set(victims)
+        self.net_busy = self.net_busy or net
+        try:
+            await self._hold(kind, victims, duration)
+        finally:
+            self.busy -= set(victims)
+            if net:
+                self.net_busy = False
+
+    async def _hold(self, kind: str, victims: tuple[str, ...], duration: float) -> None:
         start = time.monotonic_ns()
         rest = [n for n in sorted(self.procs) if n not in victims]
         try:

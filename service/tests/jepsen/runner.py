@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
 
 from . import checker, report
@@ -45,6 +46,7 @@ class RunConfig:
     op_timeout_s: float = 2.5  # client side; past it an op is indeterminate
     faults: tuple[str, ...] = FAULT_KINDS  # for the random nemesis
     amnesia_rounds: int = 0  # > 0: run the unsafe amnesia script instead
+    nemesis_loops: int = 1  # > 1: overlapping faults, a majority may go down (safety only)
     amnesia_hold_s: float = 2.0  # length of each phase of that script
     mix: Mix = dataclasses.field(default_factory=Mix)  # weights of the op kinds
     volatile: bool = False  # QUORUMKV_UNSAFE_VOLATILE=1 on the replicas
@@ -66,6 +68,7 @@ class RunConfig:
             clients=int(env.get("QKV_JEPSEN_CLIENTS", base.clients)),
             replicas=int(env.get("QKV_JEPSEN_REPLICAS", base.replicas)),
             server_source=env.get("QKV_JEPSEN_SERVER", base.server_source),
+            nemesis_loops=int(env.get("QKV_JEPSEN_NEMESIS_LOOPS", base.nemesis_loops)),
             faults=tuple(f for f in faults.split(",") if f) if faults else base.faults,
         )
 
@@ -241,9 +244,11 @@ async def run(cfg: RunConfig) -> RunResult:
             for c in range(cfg.clients)
         ]
         if cfg.amnesia_rounds:
-            chaos = nemesis.amnesia(cfg.amnesia_rounds, cfg.amnesia_hold_s)
+            chaos: Awaitable[object] = nemesis.amnesia(cfg.amnesia_rounds, cfg.amnesia_hold_s)
         else:
-            chaos = nemesis.random_faults(cfg.faults, until)
+            chaos = asyncio.gather(
+                *(nemesis.random_faults(cfg.faults, until) for _ in range(cfg.nemesis_loops))
+            )
         try:
             outcomes = await asyncio.gather(
                 chaos, *(c.run(until) for c in clients), return_exceptions=True
