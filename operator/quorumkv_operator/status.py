@@ -75,9 +75,11 @@ class Snapshot:
 
 
 def answering(members: Sequence[Member]) -> list[Member]:
+    """Members that can take part in a quorum now. With working probes: those whose replica
+    replied and says it is ready; otherwise (no replica reachable at all): ready pods."""
     probing_works = any(m.reply is not None for m in members)
     if probing_works:
-        return [m for m in members if m.reply is not None]
+        return [m for m in members if m.reply is not None and m.reply.get("ready", True)]
     return [m for m in members if m.pod_ready]
 
 
@@ -96,40 +98,42 @@ def _with_times(
 
 
 def compute(snap: Snapshot) -> dict[str, Any]:
-    """The whole `status` object for the snapshot."""
+    """The whole `status` object for the snapshot.
+
+    Available needs a quorum answering AND one ready pod, so that the client Service has an
+    endpoint when `kubectl wait --for=condition=Available` returns. A cluster stays in phase
+    Pending (not Degraded) until every member has been ready once ("initialized")."""
     n = snap.scaling.members
     q = quorum(n)
     in_set = [m for m in snap.members if m.ordinal < n]
     ready = [m for m in in_set if m.pod_ready]
     up = answering(in_set)
-    available = len(up) >= q
-    prev_conds: Sequence[Mapping[str, Any]] = snap.previous.get("conditions") or []
-    was_available = any(c.get("type") == AVAILABLE and c.get("status") == "True"
-                        for c in prev_conds)
-    ever_available = available or was_available or snap.previous.get("phase") not in (
-        None, "", "Pending")
+    available = len(up) >= q and bool(ready)
+    missing = [m.name for m in in_set if not m.pod_ready]
+    initialized = snap.previous.get("phase") not in (None, "", "Pending") or (
+        available and not missing)
     rollout = snap.rollout
     rolling = not (rollout.exists and rollout.observed and rollout.revisions_match
                    and rollout.updated_replicas >= n)
-    missing = [m.name for m in in_set if not m.pod_ready]
 
     conds = {
         AVAILABLE: _condition(
             available,
             "QuorumReachable" if available else
-            ("WaitingForQuorum" if not ever_available else "QuorumLost"),
+            ("WaitingForQuorum" if not initialized else "QuorumLost"),
             f"{len(up)} of {n} members answer; a quorum is {q}",
         ),
         PROGRESSING: _condition(
-            rolling or not ever_available,
-            "Creating" if not ever_available else ("RollingOut" if rolling else "UpToDate"),
+            rolling or not initialized,
+            "Creating" if not initialized else ("RollingOut" if rolling else "UpToDate"),
             "StatefulSet rollout in progress" if rolling else
-            ("waiting for the first quorum" if not ever_available else "StatefulSet is up to date"),
+            ("waiting for every member to be ready once" if not initialized
+             else "StatefulSet is up to date"),
         ),
         DEGRADED: _condition(
-            ever_available and bool(missing),
-            "MembersNotReady" if ever_available and missing else
-            ("Creating" if not ever_available else "AllMembersReady"),
+            initialized and bool(missing),
+            "MembersNotReady" if initialized and missing else
+            ("Creating" if not initialized else "AllMembersReady"),
             ("not ready: " + ", ".join(missing)) if missing else f"all {n} members ready",
         ),
         SCALING_BLOCKED: _condition(
@@ -138,13 +142,14 @@ def compute(snap: Snapshot) -> dict[str, Any]:
             snap.scaling.message or f"running {n} members as requested",
         ),
     }
+    prev_conds: Sequence[Mapping[str, Any]] = snap.previous.get("conditions") or []
     conditions = [_with_times(t, conds[t], prev_conds, snap.now, snap.generation)
                   for t in CONDITION_TYPES]
     return {
         "replicas": n,
         "readyReplicas": len(ready),
         "quorum": q,
-        "phase": _phase(available, ever_available, snap.scaling.blocked, missing, rolling),
+        "phase": _phase(available, initialized, snap.scaling.blocked, missing, rolling),
         "observedGeneration": snap.generation,
         "selector": snap.selector,
         "members": [_member_status(m) for m in snap.members],
@@ -152,9 +157,12 @@ def compute(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def _phase(available: bool, ever: bool, blocked: bool, missing: list[str], rolling: bool) -> str:
+def _phase(available: bool, initialized: bool, blocked: bool, missing: list[str],
+           rolling: bool) -> str:
+    if not initialized:
+        return "Pending"
     if not available:
-        return "Unavailable" if ever else "Pending"
+        return "Unavailable"
     if blocked:
         return "ScalingBlocked"
     if missing:

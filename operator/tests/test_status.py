@@ -98,6 +98,32 @@ def test_first_quorum_event_and_no_noise_while_creating() -> None:
     assert kinds == [("Normal", "QuorumAvailable")]
 
 
+def test_quorum_during_creation_is_available_but_still_pending() -> None:
+    st = compute(members(2), rollout=status.RolloutState())
+    assert cond(st, "Available")["status"] == "True"
+    assert st["phase"] == "Pending"
+    assert cond(st, "Degraded")["status"] == "False"
+    assert cond(st, "Progressing")["reason"] == "Creating"
+
+
+def test_answers_without_a_ready_pod_are_not_available() -> None:
+    """The client Service routes only to ready pods: no ready pod, no availability."""
+    ms = [status.Member(ordinal=i, name=f"demo-{i}", exists=True, pod_ready=False,
+                        reply=REPLY) for i in range(3)]
+    assert cond(compute(ms), "Available")["status"] == "False"
+
+
+def test_a_replica_that_says_not_ready_does_not_count() -> None:
+    not_ready = {**REPLY, "ready": False}
+    ms = [status.Member(ordinal=0, name="demo-0", exists=True, pod_ready=True, reply=REPLY),
+          status.Member(ordinal=1, name="demo-1", exists=True, pod_ready=True,
+                        reply=not_ready),
+          status.Member(ordinal=2, name="demo-2", exists=True, pod_ready=False, reply=None)]
+    st = compute(ms)
+    assert cond(st, "Available")["status"] == "False"
+    assert st["members"][1]["answering"] is True and st["members"][1]["replicaReady"] is False
+
+
 def test_replica_answers_win_over_pod_readiness() -> None:
     """When the operator can reach replicas, Available follows their answers."""
     ms = [status.Member(ordinal=0, name="demo-0", exists=True, pod_ready=True, reply=REPLY),
