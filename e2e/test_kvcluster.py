@@ -208,3 +208,12 @@ spec: {replicas: 1, storage: {size: 64Mi, reclaimPolicy: Delete}}
     k("delete", "kvc", "solo", "--wait=true", "--timeout=60s")
     wait_for(lambda: k.get("pvc", "data-solo-0") is None, timeout=120,
              what="PVC data-solo-0 to be deleted (reclaimPolicy Delete)")
+
+
+def test_operator_logged_no_errors(k: Kubectl, operator_ready: None) -> None:
+    """Everything above went through the operator: its log has no error lines."""
+    log = k("logs", "deploy/quorumkv-operator", "--tail=5000").stdout
+    errors = [line for line in log.splitlines()
+              if '"severity": "error"' in line or "Traceback" in line]
+    assert not errors, "\n".join(errors[:5])
+    assert '"message": "reconciled"' in log
