@@ -141,6 +141,10 @@ async def test_partitioner_cuts_exactly_the_links_between_nodes(
         net.split(["2"], ["0", "1"])
         assert _from(n2.host, n0) == "timeout" and _from(n1.host, n2) == "timeout"
         assert _from(n0.host, n1) == "ok"
+        net.heal()
+        net.lossy(1.0)  # every packet between nodes dropped; clients unaffected
+        assert _from(n0.host, n1) == "timeout" and _from(n2.host, n0) == "timeout"
+        assert _from("127.0.0.1", n1) == "ok"
         chain = net.chain
     listing = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
     assert chain not in listing  # the chain and its jump are gone

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from .netfault import Partitioner
 from .procs import Proc
 
-FAULT_KINDS = ("kill", "pause", "partition", "bridge", "ring")
+FAULT_KINDS = ("kill", "pause", "partition", "bridge", "ring", "lossy")
 # Whole-cluster power loss: kill -9 every replica at once, restart them all. Safety only —
 # nothing acknowledged may be lost — so it is opt-in and never counted for availability.
 EXTRA_KINDS = ("kill-all",)
+NET_KINDS = frozenset({"partition", "bridge", "ring", "lossy"})  # need iptables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Nemesis:
     async def hold(self, kind: str, victims: tuple[str, ...], duration: float) -> None:
         """Apply one fault to `victims`, keep it `duration` seconds, undo it. Skipped when it
         would touch a node or the network that another loop is faulting right now."""
-        net = kind in ("partition", "bridge", "ring")
+        net = kind in NET_KINDS
         if (net and self.net_busy) or self.busy & set(victims):
             return
         if kind == "kill-all" and (self.busy or self.net_busy):
@@ -132,6 +133,12 @@ class Nemesis:
                 assert self.partitioner is not None
                 await asyncio.to_thread(self.partitioner.split, victims, rest)
                 self.note(f"partition {list(victims)} | {rest}")
+            elif kind == "lossy":
+                assert self.partitioner is not None
+                chance = self.rng.choice((0.1, 0.3, 0.5))
+                await asyncio.to_thread(self.partitioner.lossy, chance)
+                victims = ()
+                self.note(f"lossy network: drop {chance:.0%} of packets between all nodes")
             elif kind == "ring":
                 # Jepsen's majorities ring: each node keeps only its ring neighbours, so every
                 # node sees a majority, but no two see the same one
@@ -167,7 +174,7 @@ class Nemesis:
             for n in victims:
                 self.procs[n].resume()
             self.note(f"SIGCONT {list(victims)}")
-        elif kind in ("partition", "bridge", "ring") and self.partitioner is not None:
+        elif kind in NET_KINDS and self.partitioner is not None:
             await asyncio.to_thread(self.partitioner.heal)
             self.note("heal network")
 

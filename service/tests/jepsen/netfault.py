@@ -118,6 +118,16 @@ class Partitioner:
             ["-s", a.host, "-d", b.host, *tcp, "--sport", str(a.port)],
         ]
 
+    def lossy(self, probability: float) -> None:
+        """Drop each packet between any two nodes with `probability` (Jepsen's packet
+        nemesis): TCP retransmits, so links get slow and erratic rather than cut."""
+        ids = sorted(self.nodes)
+        chance = ["-m", "statistic", "--mode", "random", "--probability", f"{probability:.3f}"]
+        for i, a in enumerate(ids):
+            for b in ids[i + 1 :]:
+                for rule in self._rules(self.nodes[a], self.nodes[b]):
+                    _ipt("-A", self.chain, *rule, *chance, "-j", "DROP")
+
     def cut(self, a: str, b: str) -> None:
         """Drop everything between nodes a and b (both directions)."""
         pair = frozenset((a, b))

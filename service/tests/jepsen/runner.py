@@ -25,7 +25,7 @@ from . import checker, report
 from .checker import CheckResult
 from .etags import EtagReport, check_etags
 from .history import Op, Outcome
-from .nemesis import FAULT_KINDS, Nemesis, Window
+from .nemesis import FAULT_KINDS, NET_KINDS, Nemesis, Window
 from .netfault import Partitioner, iptables_usable
 from .procs import NodeAddr, Proc, ProcGroup, free_port, loopback_nodes, wait_http
 from .workload import Client, KeyGroup, Mix, Recorder, final_reads, new_session
@@ -214,7 +214,7 @@ async def run(cfg: RunConfig) -> RunResult:
         )
         for n in nodes
     }
-    want_net = bool({"partition", "bridge"} & set(cfg.faults))
+    want_net = bool(NET_KINDS & set(cfg.faults))
     use_net = want_net and iptables_usable()
     recorder = Recorder()
     with contextlib.ExitStack() as stack:
