@@ -133,6 +133,12 @@ def test_default_replica_image_is_the_operator_image() -> None:
     assert env["QUORUMKV_OPERATOR_DEFAULT_IMAGE"] == "quorumkv:1.2.3"
 
 
+def test_template_works_offline_without_a_kube_version() -> None:
+    """GitOps users render without a cluster: no kubeVersion gate may break that."""
+    out = helm("template", "qkv", str(CHART))
+    assert "kind: Deployment" in out
+
+
 def test_values_schema_rejects_typos() -> None:
     proc = subprocess.run([helm_binary(), "template", "qkv", str(CHART), "--kube-version",
                            "1.34.0", "--set", "replicaCont=2"], capture_output=True, text=True)
