@@ -25,6 +25,7 @@ from quorumkv_operator.settings import Settings
 
 POD_LABELS = {"app.kubernetes.io/name": "quorumkv", "app.kubernetes.io/managed-by": MANAGER}
 COALESCE_SECONDS = 0.3
+POST_RECONCILE_REFRESH_SECONDS = 2.0
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -44,17 +45,19 @@ class Runtime:
             self.kube = Kube()
         return self.kube
 
-    def schedule_refresh(self, namespace: str, name: str, logger: Logger) -> None:
+    def schedule_refresh(self, namespace: str, name: str, logger: Logger,
+                         delay: float = COALESCE_SECONDS) -> None:
         """Coalesce bursts of pod events into one refresh per cluster."""
         key = (namespace, name)
         self.dirty.add(key)
         if key not in self.pending or self.pending[key].done():
-            self.pending[key] = asyncio.create_task(self._refresh_loop(key, logger))
+            self.pending[key] = asyncio.create_task(self._refresh_loop(key, logger, delay))
 
-    async def _refresh_loop(self, key: tuple[str, str], logger: Logger) -> None:
+    async def _refresh_loop(self, key: tuple[str, str], logger: Logger, delay: float) -> None:
         while key in self.dirty:
             self.dirty.discard(key)
-            await asyncio.sleep(COALESCE_SECONDS)
+            await asyncio.sleep(delay)
+            delay = COALESCE_SECONDS
             try:
                 result = await reconcile.refresh(self.api(), self.settings, *key)
             except Exception as e:  # next event or the timer retries; never kill the loop
@@ -102,6 +105,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Runtime:
         new_status, events = await reconcile.reconcile(rt.api(), settings, body, logger)
         patch.status.update(new_status)
         post(body, events)
+        # kopf applies `patch` unconditionally after we return, possibly over a fresher
+        # status a pod event wrote meanwhile; a conditional refresh shortly after repairs it.
+        rt.schedule_refresh(body.metadata.namespace or "", body.metadata.name or "", logger,
+                            delay=POST_RECONCILE_REFRESH_SECONDS)
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="reconcile")
