@@ -762,8 +762,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     variants = sorted({s for m in med.values() for s in m if s.startswith("quorumkv:")})
     if variants:
         L += ["", "## Variants (A/B against the QuorumKV baseline, same rounds)", "",
-              "| workload | system | ops/s | p50 ms | p99 ms | ops/s vs baseline |",
-              "| --- | --- | ---: | ---: | ---: | ---: |"]
+              "| workload | system | ops/s | p50 ms | p99 ms | CPU ms/op | ops/s vs baseline "
+              "| CPU/op vs baseline |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for w, m in med.items():
             base = m.get("quorumkv")
             for name in ["quorumkv", *variants]:
@@ -771,8 +772,10 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
                 if not x:
                     continue
                 rel = f"{x['rps'] / base['rps']:.2f}x" if base and base["rps"] else "–"
+                cpu = (f"{x['server_cpu_ms_per_op'] / base['server_cpu_ms_per_op']:.2f}x"
+                       if base and base.get("server_cpu_ms_per_op") else "–")
                 L.append(f"| {w} | {name} | {x['rps']:.0f} | {x['p50_ms']:.2f} | "
-                         f"{x['p99_ms']:.2f} | {rel} |")
+                         f"{x['p99_ms']:.2f} | {x['server_cpu_ms_per_op']:.3f} | {rel} | {cpu} |")
     L += ["", "## Targets", "", "| workload | target | ratio QuorumKV / etcd | verdict |",
           "| --- | --- | ---: | --- |"]
     for v in result["verdicts"]:
