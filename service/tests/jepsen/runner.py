@@ -66,6 +66,7 @@ class RunConfig:
             seed=int(env.get("QKV_JEPSEN_SEED", base.seed)),
             duration_s=float(env.get("QKV_JEPSEN_DURATION", base.duration_s)),
             clients=int(env.get("QKV_JEPSEN_CLIENTS", base.clients)),
+            clients_per_key=int(env.get("QKV_JEPSEN_CLIENTS_PER_KEY", base.clients_per_key)),
             replicas=int(env.get("QKV_JEPSEN_REPLICAS", base.replicas)),
             server_source=env.get("QKV_JEPSEN_SERVER", base.server_source),
             nemesis_loops=int(env.get("QKV_JEPSEN_NEMESIS_LOOPS", base.nemesis_loops)),
