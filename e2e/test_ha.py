@@ -44,8 +44,10 @@ def peers(k: Kubectl) -> dict[str, Any]:
 
 
 def test_two_operators_peer_with_distinct_priorities(ha: Kubectl) -> None:
-    found = wait_for(lambda: (p := peers(ha)) and len(p) == 2 and p, timeout=90,
-                     what="both operator replicas in the KopfPeering status",
+    def both() -> dict[str, Any] | None:
+        p = peers(ha)
+        return p if len(p) == 2 else None
+    found = wait_for(both, timeout=90, what="both operator replicas in the KopfPeering status",
                      seen=lambda: peers(ha))
     priorities = [v["priority"] for v in found.values()]
     assert len(set(priorities)) == 2, found
