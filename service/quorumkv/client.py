@@ -52,6 +52,20 @@ class GetResult:
 MEMBERSHIP_PATH = "/internal/v1/membership"
 
 
+def new_session(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
+    """A session that never resends a request by itself.
+
+    aiohttp resends PUT and DELETE once when a kept-alive connection breaks (RFC 9112 lets
+    it for idempotent methods), but the first one may have been applied: a resent write can
+    land after someone else's, and a compare-and-set that succeeded can come back 412. There
+    is no public switch, so this sets the private one. Sessions passed in by the caller are
+    the caller's to configure.
+    """
+    session = aiohttp.ClientSession(timeout=timeout)
+    session._retry_connection = False
+    return session
+
+
 def key_path(key: str) -> str:
     """The URL path of a key: percent-encoded UTF-8, `/` included."""
     return "/v1/kv/" + quote(key, safe="")
@@ -91,7 +105,7 @@ class Client:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = new_session(self._timeout)
         return self._session
 
     async def put(
