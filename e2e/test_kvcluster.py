@@ -1,6 +1,6 @@
 """The life of the sample KVCluster on a real cluster, in order: create → Available,
 put/get through the client Service, a pod dies → Degraded → recovers with data intact,
-`kubectl scale` refused, `helm test`, delete → owned objects gone, PVCs per policy.
+`helm test`, delete → owned objects gone, PVCs per policy. (Scaling: test_scaling.py.)
 
 Timings are printed (run with -s to see them) and checked against budgets that can be
 widened with QUORUMKV_E2E_AVAILABLE_BUDGET / QUORUMKV_E2E_REACT_BUDGET (seconds).
@@ -144,33 +144,6 @@ def test_replica_crash_shows_in_status_and_recovers(k: Kubectl,
     print(f"\n[e2e] replica crash reflected in status after {reacted:.1f}s; "
           f"recovered after {time.monotonic() - t0:.1f}s")
     assert retrying(get, k, "demo-2", "e2e/crash", what="get after the crash") == value
-
-
-def test_kubectl_scale_is_refused(k: Kubectl, demo: dict[str, float]) -> None:
-    before = k.get("statefulset", "demo")
-    assert before is not None
-    k("scale", "kvc", "demo", "--replicas=5")
-    try:
-        wait_for(lambda: condition(kvc(k), "ScalingBlocked").get("status") == "True",
-                 timeout=REACT_BUDGET, what="ScalingBlocked=True", seen=lambda: summary(kvc(k)))
-        obj = kvc(k)
-        assert obj is not None
-        blocked = condition(obj, "ScalingBlocked")
-        assert blocked["reason"] == "MembershipChangeUnsupported"
-        assert "spec.replicas=5" in blocked["message"]
-        assert obj["status"]["replicas"] == 3 and obj["status"]["phase"] == "ScalingBlocked"
-        wait_for(lambda: warning_events(k, "MembershipChangeUnsupported"), timeout=30,
-                 what="a MembershipChangeUnsupported Warning event")
-        after = k.get("statefulset", "demo")
-        assert after is not None
-        assert after["spec"]["replicas"] == 3
-        assert after["metadata"]["generation"] == before["metadata"]["generation"]
-        assert len(k.json("get", "pods", "-l", "app.kubernetes.io/instance=demo")["items"]) == 3
-    finally:
-        k("scale", "kvc", "demo", "--replicas=3")
-    wait_for(lambda: condition(kvc(k), "ScalingBlocked").get("status") == "False"
-             and is_available(k), timeout=REACT_BUDGET + 30,
-             what="ScalingBlocked cleared after scaling back", seen=lambda: summary(kvc(k)))
 
 
 def test_helm_test_passes(k: Kubectl, demo: dict[str, float], helm_bin: str,

@@ -7,6 +7,7 @@ nothing, fields we stop sending are removed, and fields others own (e.g. an HPA'
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable
 from typing import Any, cast
@@ -77,6 +78,30 @@ class Kube:
             if e.status == 409:  # another reconcile won the race; its token stands
                 return False
             raise
+
+    def secret_value(self, name: str, namespace: str, key: str) -> str | None:
+        """One key of a Secret, decoded (None if the Secret or key is absent)."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        return base64.b64decode(raw).decode() if raw else None
+
+    def claims(self, namespace: str, prefix: str) -> list[str]:
+        """Names of the PVCs in `namespace` that start with `prefix` (`data-<cluster>-`)."""
+        items = self.core.list_namespaced_persistent_volume_claim(namespace).items
+        return [p.metadata.name for p in items
+                if p.metadata and p.metadata.name and p.metadata.name.startswith(prefix)]
+
+    def delete_claim(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_persistent_volume_claim(name, namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
 
     def statefulset(self, name: str, namespace: str) -> dict[str, Any] | None:
         try:

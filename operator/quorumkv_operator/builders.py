@@ -21,6 +21,7 @@ TOKEN_DIR = "/etc/quorumkv/token"
 TOKEN_KEY = "token"
 RUN_AS = 10001
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+BOOTSTRAP_ANNOTATION = "quorumkv.dev/bootstrap-members"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -77,14 +78,22 @@ def peer_url(name: str, namespace: str, ordinal: int, cluster_domain: str) -> st
 
 
 def peers_value(name: str, namespace: str, members: int, cluster_domain: str) -> str:
-    """`QUORUMKV_PEERS`: every member including the pod itself, `ID=URL` comma-separated;
-    node ids are the pod ordinals."""
+    """`QUORUMKV_PEERS`: the *bootstrap* members (the cluster's first configuration),
+    `ID=URL` comma-separated; node ids are the pod ordinals. Fixed for the life of the
+    cluster: later memberships live in the replicas' configuration, and a pod whose ordinal
+    is not listed starts as a non-voter that waits to be added."""
     return ",".join(
         f"{i}={peer_url(name, namespace, i, cluster_domain)}" for i in range(members)
     )
 
 
-def _container(spec: ClusterSpec, members: int, cluster_domain: str) -> dict[str, Any]:
+def advertise_url(name: str, namespace: str, cluster_domain: str) -> str:
+    """`QUORUMKV_ADVERTISE_URL`: the pod's own peer URL, from `$(POD_NAME)`."""
+    host = f"$(POD_NAME).{peers_service_name(name)}.{namespace}.svc.{cluster_domain}"
+    return f"http://{host}:{PORT}"
+
+
+def _container(spec: ClusterSpec, bootstrap: int, cluster_domain: str) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/readyz", "port": "http"}}
     return {
         "name": "quorumkv",
@@ -94,8 +103,11 @@ def _container(spec: ClusterSpec, members: int, cluster_domain: str) -> dict[str
             {"name": "QUORUMKV_NODE_ID", "valueFrom": {"fieldRef": {
                 "fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}}},
             {"name": "QUORUMKV_LISTEN", "value": f"0.0.0.0:{PORT}"},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "QUORUMKV_ADVERTISE_URL",
+             "value": advertise_url(spec.name, spec.namespace, cluster_domain)},
             {"name": "QUORUMKV_PEERS",
-             "value": peers_value(spec.name, spec.namespace, members, cluster_domain)},
+             "value": peers_value(spec.name, spec.namespace, bootstrap, cluster_domain)},
             {"name": "QUORUMKV_DATA_DIR", "value": DATA_DIR},
             {"name": "QUORUMKV_AUTH_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"},
         ],
@@ -155,19 +167,24 @@ def volume_permissions_container(spec: ClusterSpec) -> dict[str, Any]:
 
 
 def statefulset(
-    spec: ClusterSpec, *, members: int, cluster_domain: str, claim_size: str | None = None,
-    volume_permissions_init: bool = False,
+    spec: ClusterSpec, *, replicas: int, cluster_domain: str, bootstrap: int | None = None,
+    claim_size: str | None = None, volume_permissions_init: bool = False,
 ) -> Manifest:
-    """The replicas. `members` is the membership the operator may run (it differs from
-    `spec.replicas` while a scale request is refused); `claim_size` is the size already in
-    the existing StatefulSet's claim template, which Kubernetes does not let us change."""
+    """The replicas. `replicas` is the pod count the scaling plan wants now (members plus
+    pods being added or not yet removed); `bootstrap` the first configuration's size, which
+    `QUORUMKV_PEERS` keeps for the life of the cluster (default `replicas`: a new cluster);
+    `claim_size` is the size already in the existing StatefulSet's claim template, which
+    Kubernetes does not let us change."""
     pod_labels = labels(spec.name)
+    bootstrap = replicas if bootstrap is None else bootstrap
+    meta = _meta(spec, spec.name, "replica")
+    meta["annotations"] = {BOOTSTRAP_ANNOTATION: str(bootstrap)}
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _meta(spec, spec.name, "replica"),
+        "metadata": meta,
         "spec": {
-            "replicas": members,
+            "replicas": replicas,
             "serviceName": peers_service_name(spec.name),
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},
@@ -201,7 +218,7 @@ def statefulset(
                     "initContainers": (
                         [volume_permissions_container(spec)] if volume_permissions_init else []
                     ),
-                    "containers": [_container(spec, members, cluster_domain)],
+                    "containers": [_container(spec, bootstrap, cluster_domain)],
                     "volumes": [
                         {"name": "token", "secret": {
                             "secretName": token_secret_name(spec.name), "defaultMode": 0o440}},

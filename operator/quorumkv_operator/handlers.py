@@ -3,6 +3,8 @@
 - create / update / resume of a KVCluster → full reconcile, status through `patch.status`;
 - a timer per KVCluster → the same reconcile, to undo drift and to refresh status (its
   status write is also the heartbeat the watch-freshness probe listens for);
+- a fast timer (`driveInterval`, 2 s) → the same reconcile, only while a scale is in
+  progress or waiting: each cycle is one step of the membership change;
 - events of the cluster's pods and StatefulSet → a coalesced status refresh within a
   second, so conditions follow a pod dying or coming back.
 Handlers never return values: kopf would store them under `status.<handler>`, which the
@@ -18,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from quorumkv_operator import reconcile
+from quorumkv_operator import reconcile, scaling
 from quorumkv_operator.apply import Kube
 from quorumkv_operator.names import GROUP, MANAGER, PLURAL, VERSION
 from quorumkv_operator.settings import Settings
@@ -39,6 +41,12 @@ class Runtime:
         self.dirty: set[tuple[str, str]] = set()
         self.clusters: set[tuple[str, str]] = set()
         self.last_event = time.monotonic()
+        self.locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        """One cycle at a time per cluster: kopf runs timers concurrently with the event
+        handlers, and two cycles deciding from different observations would flap."""
+        return self.locks.setdefault((namespace, name), asyncio.Lock())
 
     def api(self) -> Kube:
         if self.kube is None:
@@ -59,7 +67,8 @@ class Runtime:
             await asyncio.sleep(delay)
             delay = COALESCE_SECONDS
             try:
-                result = await reconcile.refresh(self.api(), self.settings, *key)
+                async with self.lock(*key):
+                    result = await reconcile.refresh(self.api(), self.settings, *key)
             except Exception as e:  # next event or the timer retries; never kill the loop
                 logger.warning(f"status refresh of {key[0]}/{key[1]} failed: {e}")
                 continue
@@ -102,7 +111,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Runtime:
         await rt.stop()
 
     async def run(body: kopf.Body, patch: kopf.Patch, logger: Logger) -> None:
-        new_status, events = await reconcile.reconcile(rt.api(), settings, body, logger)
+        async with rt.lock(body.metadata.namespace or "", body.metadata.name or ""):
+            new_status, events = await reconcile.reconcile(rt.api(), settings, body, logger)
         patch.status.update(new_status)
         post(body, events)
         # kopf applies `patch` unconditionally after we return, possibly over a fresher
@@ -122,6 +132,14 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Runtime:
     async def resync_kvcluster(body: kopf.Body, patch: kopf.Patch,
                                logger: Logger, **_: Any) -> None:
         await run(body, patch, logger)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="drive",
+                interval=settings.drive_interval, initial_delay=settings.drive_interval)
+    async def drive_kvcluster(body: kopf.Body, patch: kopf.Patch,
+                              logger: Logger, **_: Any) -> None:
+        """Scaling moves one step per cycle; idle clusters cost nothing here."""
+        if scaling.wants_cycles(body):
+            await run(body, patch, logger)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="seen")
     async def seen_kvcluster(event: kopf.RawEvent, name: str, namespace: str | None,

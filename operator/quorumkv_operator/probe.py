@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from quorumkv.client import Client
+from quorumkv.client import Client, QuorumKVError
 
 from quorumkv_operator.builders import POD_INDEX_LABEL, PORT
 from quorumkv_operator.status import Member
@@ -61,14 +61,47 @@ async def observe_members(
             return Member(ordinal=o, name=f"{cluster}-{o}")
         st = pod.get("status") or {}
         ip = st.get("podIP")
-        reply, error = (None, "no pod IP yet")
+        reply, error, url = (None, "no pod IP yet", "")
         terminating = bool(pod.get("metadata", {}).get("deletionTimestamp"))
-        if probe and ip and not terminating:
-            host = f"[{ip}]" if ":" in ip else ip
-            reply, error = await _ask(f"http://{host}:{PORT}", timeout)
+        if ip:
+            url = f"http://{f'[{ip}]' if ':' in ip else ip}:{PORT}"
+        if probe and url and not terminating:
+            reply, error = await _ask(url, timeout)
         return Member(ordinal=o, name=pod["metadata"]["name"], exists=True,
                       pod_ready=_is_ready(pod),
                       pod_phase="Terminating" if terminating else st.get("phase", ""),
-                      reply=reply, error=error)
+                      reply=reply, error=error, url=url)
 
     return list(await asyncio.gather(*(one(o) for o in ordinals)))
+
+
+async def memberships(members: Sequence[Member], token: str | None, *,
+                      timeout: float) -> dict[int, Mapping[str, Any]]:
+    """The admin view (`GET /internal/v1/membership`: configuration + change report) of
+    every replica that answered the probe, by ordinal. Needs the peer token."""
+    if not token:
+        return {}
+
+    async def one(m: Member) -> tuple[int, Mapping[str, Any] | None]:
+        try:
+            async with Client(m.url, timeout=timeout, token=token) as c:
+                return m.ordinal, await c.membership()
+        except Exception:  # a replica that does not answer now is asked next cycle
+            return m.ordinal, None
+
+    asked = [m for m in members if m.reply is not None and m.url]
+    views = await asyncio.gather(*(one(m) for m in asked))
+    return {o: v for o, v in views if v is not None}
+
+
+async def change_membership(member: Member, token: str, target: Mapping[str, str], *,
+                            timeout: float) -> tuple[Mapping[str, Any] | None, str]:
+    """Ask `member` to change the member set to `target` (id → peer URL); (view, "") or
+    (None, why it refused or failed). Idempotent: asking again resumes or confirms."""
+    try:
+        async with Client(member.url, timeout=timeout, token=token) as c:
+            return await c.change_membership(dict(target)), ""
+    except QuorumKVError as e:
+        return None, f"{member.name} refused ({e.status}): {e.detail or e.error}"[:300]
+    except Exception as e:
+        return None, f"{member.name} did not answer: {type(e).__name__}: {e}"[:300]

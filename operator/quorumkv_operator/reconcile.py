@@ -7,6 +7,7 @@ drift timer and pod events, and so it reads top to bottom as the loop it is.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import secrets
@@ -15,9 +16,10 @@ from typing import Any
 
 from quorumkv_operator import builders, scaling, status
 from quorumkv_operator.apply import Kube
-from quorumkv_operator.model import ClusterSpec
-from quorumkv_operator.probe import observe_members
+from quorumkv_operator.model import RECLAIM_DELETE, ClusterSpec
+from quorumkv_operator.probe import change_membership, memberships, observe_members
 from quorumkv_operator.settings import Settings
+from quorumkv_operator.status import Member
 
 Event = tuple[str, str, str]  # (type, reason, message)
 
@@ -27,9 +29,8 @@ def now_iso() -> str:
 
 
 def sts_members(sts: Mapping[str, Any] | None) -> int | None:
-    """The membership an existing StatefulSet runs: the entries of its QUORUMKV_PEERS (what
-    the replicas were started with), not `spec.replicas`, which `kubectl scale sts` or an
-    HPA may have changed behind our back (that is drift, undone by the next reconcile)."""
+    """The bootstrap member count an existing StatefulSet runs with: the entries of its
+    QUORUMKV_PEERS (what its replicas were started with; fixed for the cluster's life)."""
     if sts is None:
         return None
     pod = ((sts.get("spec") or {}).get("template") or {}).get("spec") or {}
@@ -38,6 +39,18 @@ def sts_members(sts: Mapping[str, Any] | None) -> int | None:
             if env.get("name") == "QUORUMKV_PEERS" and env.get("value"):
                 return len([p for p in str(env["value"]).split(",") if p.strip()])
     return int((sts.get("spec") or {}).get("replicas") or 0) or None
+
+
+def bootstrap_members(body: Mapping[str, Any], sts: Mapping[str, Any] | None,
+                      requested: int) -> int:
+    """The first configuration's size, rendered into QUORUMKV_PEERS forever: from the
+    StatefulSet (its env, or our annotation on it), else `status.bootstrapMembers` (the
+    StatefulSet was deleted), else `spec.replicas` (a new cluster)."""
+    from_sts = sts_members(sts)
+    if from_sts:
+        return from_sts
+    recorded = (body.get("status") or {}).get("bootstrapMembers")
+    return int(recorded) if recorded else max(1, requested)
 
 
 def _claim_size(sts: Mapping[str, Any] | None) -> str | None:
@@ -50,52 +63,108 @@ def _claim_size(sts: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def decide_scaling(body: Mapping[str, Any], sts: Mapping[str, Any] | None,
-                   requested: int) -> scaling.ScalingDecision:
-    recorded = (body.get("status") or {}).get("replicas")
-    return scaling.decide(requested=requested, current_members=sts_members(sts),
-                          recorded_members=int(recorded) if recorded else None)
+def newest_config(views: Mapping[int, Mapping[str, Any]]) -> scaling.Config | None:
+    configs = [c for c in (scaling.Config.from_json(v.get("config")) for v in views.values())
+               if c is not None]
+    return max(configs, key=lambda c: c.epoch) if configs else None
 
 
-async def observe_status(
-    kube: Kube, settings: Settings, body: Mapping[str, Any], sts: Mapping[str, Any] | None,
-    decision: scaling.ScalingDecision, generation: int,
+async def observe(
+    kube: Kube, settings: Settings, spec: ClusterSpec, body: Mapping[str, Any],
+    sts: Mapping[str, Any] | None,
+) -> tuple[list[Member], scaling.Observed, str | None]:
+    """Everything the scaling resolver and the status need, read in one go."""
+    previous = body.get("status") or {}
+    recorded = scaling.recorded_members(previous)
+    pods = await asyncio.to_thread(kube.pods, spec.namespace, builders.selector_string(spec.name))
+    listed = max(recorded) + 1 if recorded else spec.replicas
+    members = await observe_members(spec.name, pods, listed, timeout=settings.probe_timeout)
+    token = await asyncio.to_thread(kube.secret_value, builders.token_secret_name(spec.name),
+                                    spec.namespace, builders.TOKEN_KEY)
+    views = await memberships(members, token, timeout=settings.probe_timeout)
+    prefix = f"data-{spec.name}-"
+    claims = await asyncio.to_thread(kube.claims, spec.namespace, prefix)
+    changes = {o: c for o, c in ((o, scaling.Change.from_json(v.get("change")))
+                                 for o, v in views.items()) if c is not None}
+    obs = scaling.Observed(
+        requested=spec.replicas,
+        sts_replicas=int((sts.get("spec") or {}).get("replicas") or 0) if sts else None,
+        config=newest_config(views), changes=changes,
+        replicas={m.ordinal: scaling.Replica(alive=m.reply is not None,
+                                             ready=bool(m.reply and m.reply.get("ready")))
+                  for m in members if m.exists},
+        claims=frozenset(int(c.removeprefix(prefix)) for c in claims
+                         if c.removeprefix(prefix).isdigit()),
+        reclaim_delete=spec.reclaim_policy == RECLAIM_DELETE,
+        previous=previous.get("scaling") or {}, recorded_members=recorded, now=now_iso(),
+        name=spec.name)
+    return members, obs, token
+
+
+def compute_status(
+    body: Mapping[str, Any], spec: ClusterSpec, sts: Mapping[str, Any] | None,
+    members: list[Member], plan: scaling.Plan, generation: int, bootstrap: int,
 ) -> dict[str, Any]:
-    meta = body["metadata"]
-    name, ns = meta["name"], meta["namespace"]
-    pods = await asyncio.to_thread(kube.pods, ns, builders.selector_string(name))
-    members = await observe_members(name, pods, decision.members,
-                                    timeout=settings.probe_timeout)
     snap = status.Snapshot(
-        name=name, generation=generation, selector=builders.selector_string(name),
-        scaling=decision, rollout=status.RolloutState.from_statefulset(sts),
+        name=spec.name, generation=generation, selector=builders.selector_string(spec.name),
+        scaling=plan, rollout=status.RolloutState.from_statefulset(sts),
         members=members, previous=body.get("status") or {}, now=now_iso(),
     )
-    return status.compute(snap)
+    out = status.compute(snap)
+    out["bootstrapMembers"] = bootstrap
+    return out
+
+
+async def act(
+    kube: Kube, settings: Settings, spec: ClusterSpec, plan: scaling.Plan,
+    members: list[Member], token: str | None,
+) -> tuple[scaling.Plan, list[Event]]:
+    """Carry out the plan's one action (after the manifests were applied)."""
+    action = plan.action
+    events: list[Event] = []
+    if isinstance(action, scaling.ChangeMembership):
+        via = next((m for m in members if m.ordinal == action.via), None)
+        target = {str(k): builders.peer_url(spec.name, spec.namespace, k, settings.cluster_domain)
+                  for k in sorted(action.target)}
+        error = "no peer token" if not token else "" if via else f"{spec.name}-{action.via} gone"
+        if via is not None and token:
+            _, error = await change_membership(via, token, target,
+                                               timeout=max(settings.probe_timeout, 5.0))
+        if error:
+            if error not in str(plan.status.get("message") or ""):
+                events.append(("Warning", "MembershipChangeRefused", error))
+            plan = dataclasses.replace(plan, status={**plan.status, "message": error})
+    elif isinstance(action, scaling.DeleteClaims):
+        for k in action.ordinals:
+            await asyncio.to_thread(kube.delete_claim, spec.namespace, f"data-{spec.name}-{k}")
+    return plan, events
 
 
 async def reconcile(
     kube: Kube, settings: Settings, body: Mapping[str, Any],
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> tuple[dict[str, Any], list[Event]]:
-    """Bring the owned objects to the spec; return the new status and Events to post."""
+    """Bring the owned objects to the spec and the membership one step closer to it;
+    return the new status and the Events to post."""
     spec = ClusterSpec.from_body(body, settings.default_image)
     events: list[Event] = []
     sts = await asyncio.to_thread(kube.statefulset, spec.name, spec.namespace)
-    decision = decide_scaling(body, sts, spec.replicas)
     claim_size = _claim_size(sts)
+    bootstrap = bootstrap_members(body, sts, spec.replicas)
 
     token = builders.token_secret(spec, secrets.token_urlsafe(32))
     if await asyncio.to_thread(kube.ensure_secret, token):
         events.append(("Normal", "SecretCreated",
                        f"peer token Secret {builders.token_secret_name(spec.name)} created"))
+    members, observed, peer_token = await observe(kube, settings, spec, body, sts)
+    plan = scaling.resolve(observed)
     desired = [
         builders.peers_service(spec),
         builders.client_service(spec),
-        builders.statefulset(spec, members=decision.members,
+        builders.statefulset(spec, replicas=plan.sts_replicas, bootstrap=bootstrap,
                              cluster_domain=settings.cluster_domain, claim_size=claim_size,
                              volume_permissions_init=settings.volume_permissions_init),
-        builders.pod_disruption_budget(spec, members=decision.members),
+        builders.pod_disruption_budget(spec, members=len(plan.members)),
     ]
     changed = []
     for manifest in desired:
@@ -108,22 +177,25 @@ async def reconcile(
         events.append(("Warning", "EvenReplicas",
                        f"{spec.replicas} replicas tolerate no more failures than "
                        f"{spec.replicas - 1}; an odd count is cheaper for the same safety"))
+    events += plan.events
+    plan, acted = await act(kube, settings, spec, plan, members, peer_token)
+    events += acted
     if claim_size and claim_size != spec.storage_size:
-        claims = [f"data-{spec.name}-{i}" for i in range(decision.members)]
+        claims = [f"data-{spec.name}-{i}" for i in sorted(plan.members)]
         errors = await asyncio.to_thread(kube.expand_claims, spec.namespace, claims,
                                          spec.storage_size)
         if errors:
             events.append(("Warning", "VolumeExpansionFailed", "; ".join(errors)[:900]))
 
     new_sts = await asyncio.to_thread(kube.statefulset, spec.name, spec.namespace)
-    new_status = await observe_status(kube, settings, body, new_sts, decision, spec.generation)
+    new_status = compute_status(body, spec, new_sts, members, plan, spec.generation, bootstrap)
     new_status["lastProbeTime"] = now_iso()
     events += status.transition_events(
         (body.get("status") or {}).get("conditions") or [], new_status["conditions"])
     logger.info("reconciled", extra={
-        "kvcluster": f"{spec.namespace}/{spec.name}", "members": decision.members,
+        "kvcluster": f"{spec.namespace}/{spec.name}", "members": len(plan.members),
         "requested": spec.replicas, "changed": changed, "phase": new_status["phase"],
-        "ready": new_status["readyReplicas"]})
+        "ready": new_status["readyReplicas"], "plan": plan.summary()})
     return new_status, events
 
 
@@ -142,9 +214,14 @@ async def refresh(
             return None  # not reconciled yet: the create handler writes the first status
         spec = ClusterSpec.from_body(body, settings.default_image)
         sts = await asyncio.to_thread(kube.statefulset, name, namespace)
-        decision = decide_scaling(body, sts, spec.replicas)
+        plan = scaling.Plan.recorded(
+            previous, int((sts.get("spec") or {}).get("replicas") or 0) if sts else None)
         generation = int(previous["observedGeneration"])
-        new_status = await observe_status(kube, settings, body, sts, decision, generation)
+        pods = await asyncio.to_thread(kube.pods, namespace, builders.selector_string(name))
+        listed = max(plan.members) + 1 if plan.members else spec.replicas
+        members = await observe_members(name, pods, listed, timeout=settings.probe_timeout)
+        new_status = compute_status(body, spec, sts, members, plan, generation,
+                                    bootstrap_members(body, sts, spec.replicas))
         new_status["lastProbeTime"] = previous.get("lastProbeTime") or now_iso()
         if status.strip_volatile(new_status) == status.strip_volatile(previous):
             return body, []

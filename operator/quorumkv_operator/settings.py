@@ -53,6 +53,10 @@ class Settings:
     resync_interval: float = 30.0
     """Seconds between drift checks of each KVCluster (kopf timer)."""
 
+    drive_interval: float = 2.0
+    """Seconds between reconcile cycles of a KVCluster while a scale is in progress or
+    waiting (kopf timer; idle clusters skip it). Each cycle is one step of the change."""
+
     stale_watch_after: float = 300.0
     """Liveness fails when KVClusters exist but no event about them arrived for this long
     (the timer writes status each interval, so a healthy watch sees events)."""
@@ -92,6 +96,8 @@ def env_settings(env: Mapping[str, str]) -> dict[str, object]:
         out["probe_timeout"] = float(env["QUORUMKV_OPERATOR_PROBE_TIMEOUT"])
     if env.get("QUORUMKV_OPERATOR_RESYNC_INTERVAL"):
         out["resync_interval"] = float(env["QUORUMKV_OPERATOR_RESYNC_INTERVAL"])
+    if env.get("QUORUMKV_OPERATOR_DRIVE_INTERVAL"):
+        out["drive_interval"] = float(env["QUORUMKV_OPERATOR_DRIVE_INTERVAL"])
     if env.get("QUORUMKV_OPERATOR_LOG_FORMAT"):
         out["log_format"] = env["QUORUMKV_OPERATOR_LOG_FORMAT"]
     return out

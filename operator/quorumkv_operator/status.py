@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quorumkv_operator.model import quorum
-from quorumkv_operator.scaling import ScalingDecision
+from quorumkv_operator.scaling import Plan
 
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
@@ -35,6 +35,8 @@ class Member:
     pod_phase: str = ""
     reply: Mapping[str, Any] | None = None
     error: str = ""
+    url: str = ""
+    """How the operator reaches the replica (pod IP), empty without an IP."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +67,8 @@ class Snapshot:
     name: str
     generation: int
     selector: str
-    scaling: ScalingDecision
+    scaling: Plan
+    """The scaling plan of this cycle (members, phase, whether a request waits)."""
     rollout: RolloutState
     members: Sequence[Member]
     previous: Mapping[str, Any]
@@ -103,9 +106,11 @@ def compute(snap: Snapshot) -> dict[str, Any]:
     Available needs a quorum answering AND one ready pod, so that the client Service has an
     endpoint when `kubectl wait --for=condition=Available` returns. A cluster stays in phase
     Pending (not Degraded) until every member has been ready once ("initialized")."""
-    n = snap.scaling.members
+    plan = snap.scaling
+    membership = plan.members
+    n = len(membership)
     q = quorum(n)
-    in_set = [m for m in snap.members if m.ordinal < n]
+    in_set = [m for m in snap.members if m.ordinal in membership]
     ready = [m for m in in_set if m.pod_ready]
     up = answering(in_set)
     available = len(up) >= q and bool(ready)
@@ -114,7 +119,13 @@ def compute(snap: Snapshot) -> dict[str, Any]:
         available and not missing)
     rollout = snap.rollout
     rolling = not (rollout.exists and rollout.observed and rollout.revisions_match
-                   and rollout.updated_replicas >= n)
+                   and rollout.updated_replicas >= plan.sts_replicas)
+    sc = plan.status
+    scaling_up = len(sc.get("to") or []) >= len(sc.get("from") or [])
+    progress = (f"{len(sc.get('from') or [])} → {len(sc.get('to') or [])} members: "
+                f"{plan.phase}" + (f", {sc['rescanned']}/{sc['total']} keys rescanned"
+                                   if sc.get("total") else "")
+                + (f" ({sc['message']})" if sc.get("message") else ""))
 
     conds = {
         AVAILABLE: _condition(
@@ -124,8 +135,10 @@ def compute(snap: Snapshot) -> dict[str, Any]:
             f"{len(up)} of {n} members answer; a quorum is {q}",
         ),
         PROGRESSING: _condition(
-            rolling or not initialized,
+            rolling or not initialized or plan.active,
+            ("ScalingUp" if scaling_up else "ScalingDown") if plan.active else
             "Creating" if not initialized else ("RollingOut" if rolling else "UpToDate"),
+            progress if plan.active else
             "StatefulSet rollout in progress" if rolling else
             ("waiting for every member to be ready once" if not initialized
              else "StatefulSet is up to date"),
@@ -137,9 +150,10 @@ def compute(snap: Snapshot) -> dict[str, Any]:
             ("not ready: " + ", ".join(missing)) if missing else f"all {n} members ready",
         ),
         SCALING_BLOCKED: _condition(
-            snap.scaling.blocked,
-            "MembershipChangeUnsupported" if snap.scaling.blocked else "AsRequested",
-            snap.scaling.message or f"running {n} members as requested",
+            bool(plan.blocked),
+            plan.blocked_reason or "Blocked" if plan.blocked else "AsRequested",
+            plan.blocked or (f"scaling: {progress}" if plan.active
+                             else f"running {n} members as requested"),
         ),
     }
     prev_conds: Sequence[Mapping[str, Any]] = snap.previous.get("conditions") or []
@@ -149,31 +163,44 @@ def compute(snap: Snapshot) -> dict[str, Any]:
         "replicas": n,
         "readyReplicas": len(ready),
         "quorum": q,
-        "phase": _phase(available, initialized, snap.scaling.blocked, missing, rolling),
+        "phase": _phase(available, initialized, bool(plan.blocked), plan.active, missing,
+                        rolling),
         "observedGeneration": snap.generation,
         "selector": snap.selector,
-        "members": [_member_status(m) for m in snap.members],
+        "members": [_member_status(m, plan) for m in snap.members],
         "conditions": conditions,
+        "scaling": dict(plan.status),
     }
 
 
-def _phase(available: bool, initialized: bool, blocked: bool, missing: list[str],
-           rolling: bool) -> str:
+def _phase(available: bool, initialized: bool, blocked: bool, scaling: bool,
+           missing: list[str], rolling: bool) -> str:
     if not initialized:
         return "Pending"
     if not available:
         return "Unavailable"
     if blocked:
         return "ScalingBlocked"
+    if scaling:
+        return "Scaling"
     if missing:
         return "Degraded"
     return "Updating" if rolling else "Running"
 
 
-def _member_status(m: Member) -> dict[str, Any]:
+def _role(ordinal: int, plan: Plan) -> str:
+    member = ordinal in plan.members
+    joining = plan.joining is not None and ordinal in plan.joining
+    if plan.joining is not None and member != joining:
+        return "Leaving" if member else "Joining"
+    return "Member" if member else "NonMember"
+
+
+def _member_status(m: Member, plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": m.name,
         "nodeId": str(m.ordinal),
+        "role": _role(m.ordinal, plan),
         "podReady": m.pod_ready,
         "podPhase": m.pod_phase or ("Missing" if not m.exists else "Unknown"),
         "answering": m.reply is not None,
@@ -211,7 +238,7 @@ def transition_events(
             out.append(("Warning" if now_true else "Normal",
                         "MembersNotReady" if now_true else "AllMembersReady", c["message"]))
         elif ctype == SCALING_BLOCKED and now_true:
-            out.append(("Warning", "MembershipChangeUnsupported", c["message"]))
+            out.append(("Warning", c.get("reason") or "ScalingBlocked", c["message"]))
         elif ctype == SCALING_BLOCKED and ctype in before:
             out.append(("Normal", "ScalingUnblocked", c["message"]))
     return out

@@ -18,8 +18,8 @@ def env(sts: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(sts)["env"]}
 
 
-def build(spec: ClusterSpec, members: int | None = None, **kw: Any) -> dict[str, Any]:
-    return builders.statefulset(spec, members=members or spec.replicas,
+def build(spec: ClusterSpec, replicas: int | None = None, **kw: Any) -> dict[str, Any]:
+    return builders.statefulset(spec, replicas=replicas or spec.replicas,
                                 cluster_domain="cluster.local", **kw)
 
 
@@ -59,10 +59,26 @@ def test_replica_env_peers_and_node_id(spec: ClusterSpec) -> None:
     assert e["QUORUMKV_AUTH_TOKEN_FILE"] == "/etc/quorumkv/token/token"
 
 
-def test_peers_follow_members_not_spec(spec: ClusterSpec) -> None:
-    sts = build(spec, members=5)
-    assert sts["spec"]["replicas"] == 5
-    assert env(sts)["QUORUMKV_PEERS"].count("=http://") == 5
+def test_every_pod_advertises_its_own_peer_url(spec: ClusterSpec) -> None:
+    c = container(build(spec))
+    names = [x["name"] for x in c["env"]]
+    # a dependent variable must come after the one it references
+    assert names.index("POD_NAME") < names.index("QUORUMKV_ADVERTISE_URL")
+    e = env(build(spec))
+    assert e["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert e["QUORUMKV_ADVERTISE_URL"] == \
+        "http://$(POD_NAME).demo-peers.ns.svc.cluster.local:8080"
+
+
+def test_peers_are_the_bootstrap_members_whatever_the_size(spec: ClusterSpec) -> None:
+    """Scaling changes the pod count, never QUORUMKV_PEERS (which would roll every pod)."""
+    small, big = build(spec, bootstrap=3), build(spec, replicas=5, bootstrap=3)
+    assert (small["spec"]["replicas"], big["spec"]["replicas"]) == (3, 5)
+    assert env(big)["QUORUMKV_PEERS"] == env(small)["QUORUMKV_PEERS"]
+    assert env(big)["QUORUMKV_PEERS"].count("=http://") == 3
+    assert small["spec"]["template"] == big["spec"]["template"]
+    assert build(spec, replicas=5)["metadata"]["annotations"] == {
+        "quorumkv.dev/bootstrap-members": "5"}
 
 
 def test_probes_ports_command_and_image(spec: ClusterSpec) -> None:

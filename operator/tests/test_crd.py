@@ -67,17 +67,21 @@ def test_spec_defaults_and_bounds() -> None:
 def test_status_schema_has_what_the_operator_writes() -> None:
     """Anything not in the structural schema is pruned silently: keep them in step."""
     from quorumkv_operator import status as st
-    from quorumkv_operator.scaling import ScalingDecision
+    from quorumkv_operator.scaling import Plan
 
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     written = st.compute(st.Snapshot(
-        name="d", generation=1, selector="s", scaling=ScalingDecision(1, False),
+        name="d", generation=1, selector="s", scaling=Plan.steady(1),
         rollout=st.RolloutState(), previous={}, now="2026-01-01T00:00:00Z",
         members=[st.Member(ordinal=0, name="d-0", exists=True, pod_ready=True,
                            reply={"epoch": 1, "ready": True, "members": []}),
                  st.Member(ordinal=1, name="d-1", error="boom")]))
     written["lastProbeTime"] = "2026-01-01T00:00:00Z"
+    written["bootstrapMembers"] = 1
     assert set(written) <= set(schema["properties"])
+    scaling_props = schema["properties"]["scaling"]["properties"]
+    assert set(written["scaling"]) <= set(scaling_props)
+    assert set(written["scaling"]["last"]) <= set(scaling_props["last"]["properties"])
     member_props = set(schema["properties"]["members"]["items"]["properties"])
     for m in written["members"]:
         assert set(m) <= member_props

@@ -40,6 +40,16 @@ class FakeKube:
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return []
 
+    def secret_value(self, name: str, namespace: str, key: str) -> str | None:
+        value = self.secrets.get(name, {}).get("stringData", {}).get(key)
+        return str(value) if value is not None else None
+
+    def claims(self, namespace: str, prefix: str) -> list[str]:
+        return []
+
+    def delete_claim(self, namespace: str, name: str) -> None:
+        raise AssertionError("no claim is deleted here")
+
     def expand_claims(self, namespace: str, claims: list[str], size: str) -> list[str]:
         self.expanded.append((claims, size))
         return ["data-demo-0: 403 Forbidden"]
@@ -61,17 +71,22 @@ async def test_create_then_rerun_changes_nothing() -> None:
     assert kube.secrets["demo-token"]["stringData"]["token"] == token
 
 
-async def test_scale_request_is_refused_and_statefulset_kept() -> None:
+async def test_scale_request_without_reachable_replicas_waits() -> None:
+    """No replica answers (here: no pods at all): membership is never changed blind."""
     kube = FakeKube()
     st, _ = await run(kube, kvcluster(spec={"replicas": 3}))
+    assert st["bootstrapMembers"] == 3 and st["scaling"]["phase"] == "Idle"
     st, events = await run(kube, kvcluster(spec={"replicas": 5}, status=st, generation=2))
     sts = kube.objects[("StatefulSet", "demo")]
     assert sts["spec"]["replicas"] == 3
+    peers = next(e["value"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]
+                 if e["name"] == "QUORUMKV_PEERS")
+    assert peers.count("=http://") == 3
     assert kube.objects[("PodDisruptionBudget", "demo")]["spec"]["maxUnavailable"] == 1
     assert st["replicas"] == 3 and st["observedGeneration"] == 2
     blocked = next(c for c in st["conditions"] if c["type"] == "ScalingBlocked")
-    assert blocked["status"] == "True"
-    assert ("Warning", "MembershipChangeUnsupported") in [(e[0], e[1]) for e in events]
+    assert (blocked["status"], blocked["reason"]) == ("True", "MembershipUnknown")
+    assert ("Warning", "MembershipUnknown") in [(e[0], e[1]) for e in events]
 
 
 async def test_even_replicas_warn_once_at_creation() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from quorumkv_operator import scaling as sc
 from quorumkv_operator import status
-from quorumkv_operator.scaling import ScalingDecision, decide
+from quorumkv_operator.scaling import Plan
 
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z"
 DONE = status.RolloutState(exists=True, observed=True, updated_replicas=3, revisions_match=True)
@@ -21,11 +22,11 @@ def members(ready: int, n: int = 3, replies: bool = False) -> list[status.Member
 
 
 def compute(ms: list[status.Member], previous: dict[str, Any] | None = None, now: str = T0,
-            scaling: ScalingDecision | None = None,
+            scaling: Plan | None = None,
             rollout: status.RolloutState = DONE) -> dict[str, Any]:
     return status.compute(status.Snapshot(
         name="demo", generation=4, selector="sel", rollout=rollout,
-        scaling=scaling or ScalingDecision(members=3, blocked=False),
+        scaling=scaling or Plan.steady(3),
         members=ms, previous=previous or {}, now=now))
 
 
@@ -158,25 +159,52 @@ def test_rollout_state_from_statefulset() -> None:
     assert status.RolloutState.from_statefulset(None).exists is False
 
 
+def blocked_plan() -> Plan:
+    return sc.resolve(sc.Observed(
+        requested=5, sts_replicas=5, config=sc.Config(1, frozenset({0, 1, 2})), changes={},
+        replicas={k: sc.Replica(alive=True, ready=k < 1) for k in range(5)},
+        previous=dict(Plan.steady(3).status), now=T1))
+
+
 def test_scaling_blocked_condition_and_phase() -> None:
-    d = decide(requested=5, current_members=3)
+    d = blocked_plan()
     before = compute(members(3))
     st = compute(members(3), previous=before, scaling=d, now=T1)
     assert st["phase"] == "ScalingBlocked"
     assert st["replicas"] == 3
     c = cond(st, "ScalingBlocked")
-    assert (c["status"], c["reason"]) == ("True", "MembershipChangeUnsupported")
-    assert "spec.replicas=5" in c["message"]
+    assert (c["status"], c["reason"]) == ("True", "QuorumAtRisk")
+    assert "a majority" in c["message"]
+    assert cond(st, "Progressing")["reason"] == "ScalingUp"
     events = status.transition_events(before["conditions"], st["conditions"])
-    assert [(e[0], e[1]) for e in events] == [("Warning", "MembershipChangeUnsupported")]
+    assert [(e[0], e[1]) for e in events] == [("Warning", "QuorumAtRisk")]
     cleared = compute(members(3), previous=st, now=T2)
     assert [e[1] for e in status.transition_events(st["conditions"], cleared["conditions"])] \
         == ["ScalingUnblocked"]
 
 
+def test_scaling_progress_in_conditions_phase_and_roles() -> None:
+    plan = sc.resolve(sc.Observed(
+        requested=5, sts_replicas=5,
+        config=sc.Config(2, frozenset({0, 1, 2}), frozenset({0, 1, 2, 3, 4})),
+        changes={0: sc.Change(frozenset(range(5)), "rescanning", 2, 40, 100)},
+        replicas={k: sc.Replica(alive=True, ready=True) for k in range(5)},
+        previous={**Plan.steady(3).status, "phase": "ChangingMembership", "driver": "0",
+                  "from": ["0", "1", "2"], "startedAt": T0}, now=T1))
+    ms = [status.Member(ordinal=i, name=f"demo-{i}", exists=True, pod_ready=i < 3,
+                        pod_phase="Running") for i in range(5)]
+    st = compute(ms, previous=compute(members(3)), scaling=plan, now=T1)
+    assert st["phase"] == "Scaling" and st["replicas"] == 3
+    p = cond(st, "Progressing")
+    assert (p["status"], p["reason"]) == ("True", "ScalingUp")
+    assert "40/100 keys rescanned" in p["message"]
+    assert cond(st, "Degraded")["status"] == "False", "non-members are not missing members"
+    assert [m["role"] for m in st["members"]] == ["Member"] * 3 + ["Joining"] * 2
+    assert st["scaling"]["rescanned"] == 40 and st["scaling"]["startedAt"] == T0
+
+
 def test_unavailable_beats_scaling_blocked_in_phase() -> None:
-    st = compute(members(1), previous=compute(members(3)),
-                 scaling=decide(requested=5, current_members=3))
+    st = compute(members(1), previous=compute(members(3)), scaling=blocked_plan())
     assert st["phase"] == "Unavailable"
 
 
@@ -184,6 +212,6 @@ def test_member_list_marks_missing_pods() -> None:
     ms = [status.Member(ordinal=0, name="demo-0", exists=True, pod_ready=True),
           status.Member(ordinal=1, name="demo-1")]
     st = status.compute(status.Snapshot(
-        name="demo", generation=1, selector="s", scaling=ScalingDecision(2, False),
+        name="demo", generation=1, selector="s", scaling=Plan.steady(2),
         rollout=DONE, members=ms, previous={}, now=T0))
     assert st["members"][1]["podPhase"] == "Missing"
