@@ -251,6 +251,10 @@ def test_scale_3_to_5_to_3_under_load_with_operator_restarts(cluster: Kubectl) -
         lost = [key for key, v in preloaded.items() if got.get(key) != v]
         assert not lost, f"{len(lost)} preloaded keys lost, e.g. {lost[:5]}"
 
+    log = k("logs", "deploy/quorumkv-operator", "--tail=5000").stdout
+    errors = [line for line in log.splitlines()
+              if '"severity": "error"' in line or "Traceback" in line]
+    assert not errors, "\n".join(errors[:5])
     seen = reasons(k)
     for reason in ("ScalingUp", "AddingReplicas", "MembershipChangeStarted",
                    "MembershipChanged", "ScalingDone", "ScalingDown", "RemovingReplicas",

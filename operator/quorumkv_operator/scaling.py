@@ -369,9 +369,10 @@ def resolve(o: Observed) -> Plan:
                            "finish it"))
     else:
         message = f"asked {o.name}-{via}"
-        events.append(("Normal", "MembershipChangeStarted",
-                       f"asked {o.name}-{via} to change the members to "
-                       f"{','.join(ids(goal))} (joint configuration, rescan, new set)"))
+        if prev_phase != CHANGING or driver_prev != via or list(prev.get("to") or []) != ids(goal):
+            events.append(("Normal", "MembershipChangeStarted",
+                           f"asked {o.name}-{via} to change the members to "
+                           f"{','.join(ids(goal))} (joint configuration, rescan, new set)"))
     return plan(CHANGING, message, ChangeMembership(goal, via), driver=via, ch=change)
 
 

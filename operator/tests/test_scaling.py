@@ -364,3 +364,13 @@ def test_bootstrap_members_stay_fixed() -> None:
     assert bootstrap_members(kvcluster(spec={"replicas": 5}), None, 5) == 5
     assert sts["metadata"]["annotations"][builders.BOOTSTRAP_ANNOTATION] == "3"
     assert _claim_size(sts) == "1Gi" and _claim_size(None) is None
+
+
+def test_asking_again_after_a_refusal_posts_no_new_event() -> None:
+    w = world(5)
+    plan = resolve(w.observe(3))
+    assert "MembershipChangeStarted" in reasons([plan])
+    w.previous = dict(plan.status)  # the replica refused (409): no change is running
+    again = resolve(w.observe(3))
+    assert again.action == plan.action
+    assert reasons([again]) == []
