@@ -43,6 +43,16 @@ class Metrics:
                                "Keys repaired through the protocol by anti-entropy", registry=r)
         self.ready = Gauge("quorumkv_ready", "1 when this replica is ready to serve",
                            registry=r)
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, op: str, status: int, seconds: float) -> None:
+        """Count one client request; label children are cached (`labels()` is not free)."""
+        children = self._request_children.get((op, status))
+        if children is None:
+            children = (self.requests.labels(op, str(status)), self.latency.labels(op))
+            self._request_children[(op, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_commit(self, size: int, seconds: float) -> None:
         self.commit_batch_size.observe(size)

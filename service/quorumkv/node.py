@@ -17,7 +17,7 @@ import aiohttp
 from quorumkv.core.quorum import Config, make_config
 from quorumkv.metrics import Metrics
 from quorumkv.replication.antientropy import AntiEntropy
-from quorumkv.replication.coordinator import Coordinator
+from quorumkv.replication.coordinator import FORWARD_GRACE, Coordinator
 from quorumkv.replication.local_acceptor import META_FLOOR, LocalAcceptor
 from quorumkv.replication.membership import Membership, config_from_meta, known_from_meta
 from quorumkv.replication.reconfig import MembershipChanger
@@ -80,6 +80,9 @@ class Node:
         self.membership.on_join(self._joined)
         self._session: aiohttp.ClientSession | None = None
         self.links: dict[str, PeerLink] = {}
+        # forwarded changes wait for a whole Paxos round at the home: their own connections,
+        # so they never hold up the acceptor messages batched on `links`
+        self.forward_links: dict[str, PeerLink] = {}
         self.coordinator: Coordinator | None = None
         self.antientropy: AntiEntropy | None = None
         self.changer: MembershipChanger | None = None
@@ -92,7 +95,8 @@ class Node:
         self._link_voters(self.membership.config)
         self.coordinator = Coordinator(
             self.membership, self.boot, self.local, self.links, self.settings.request_timeout,
-            observe=lambda path: self.metrics.paths.labels(path).inc())
+            observe=lambda path: self.metrics.paths.labels(path).inc(),
+            forward_links=self.forward_links)
         self.antientropy = AntiEntropy(self.local, self.links, self.coordinator,
                                        self.settings.antientropy_interval,
                                        on_repair=self.metrics.repairs.inc)
@@ -108,11 +112,19 @@ class Node:
     def _link_voters(self, config: Config) -> None:
         """A link to every voter but us (a change's driver reaches leavers on its own)."""
         assert self._session is not None
-        for peer in set(self.links) - config.voters:
-            del self.links[peer]
+        for links in (self.links, self.forward_links):
+            for peer in set(links) - config.voters:
+                del links[peer]
         for peer, url in config.url_map().items():
-            if peer != self.settings.node_id:
-                self.links[peer] = self._link_for(peer, url)
+            if peer == self.settings.node_id:
+                continue
+            self.links[peer] = self._link_for(peer, url)
+            forward = self.forward_links.get(peer)
+            if forward is None or forward.base_url != url:
+                self.forward_links[peer] = PeerLink(
+                    peer, url, session=self._session, membership=self.membership,
+                    token=self.settings.auth_token,
+                    timeout=self.settings.request_timeout + 2 * FORWARD_GRACE)
 
     def _link_for(self, peer: str, url: str) -> PeerLink:
         """The link to `peer` at `url`: the voter's link, or a new one (e.g. to a leaver)."""

@@ -80,10 +80,14 @@ async def test_malformed_requests_get_4xx_and_change_nothing(cluster: Replicas) 
 async def test_health_metrics_and_cluster_view(cluster: Replicas) -> None:
     async with Client(cluster.urls["0"]) as client:
         await client.put("m", b"1")
+        deadline = time.monotonic() + 5
         info = await client.cluster()
+        while not all(m["reachable"] for m in info["members"]):
+            assert time.monotonic() < deadline, info
+            await asyncio.sleep(0.1)
+            info = await client.cluster()
     assert info["node_id"] == "0" and info["quorum"] == 2 and info["ready"] is True
     assert {m["id"] for m in info["members"]} == {"0", "1", "2"}
-    assert all(m["reachable"] for m in info["members"])
     async with aiohttp.ClientSession() as http, \
             http.get(cluster.urls["0"] + "/metrics") as resp:
         text = await resp.text()
@@ -137,13 +141,26 @@ async def test_kill_one_replica_writes_continue_nothing_lost(cluster: Replicas) 
 async def test_paused_replica_does_not_block_a_majority(cluster: Replicas) -> None:
     cluster.pause("1")
     try:
-        # every write is acknowledged, each within the request timeout: nobody waits on 1
+        # Writes of keys whose home is the paused replica fail (503) until it is noticed
+        # (heartbeats: well under a second); from then on nothing waits on it.
+        await wait_until_unreachable(cluster.urls["0"], "1")
         acked = await write_many(cluster.urls["0"], "pause-", 100)
         assert len(acked) == 100
         await assert_readable(cluster.urls["2"], acked)
     finally:
         cluster.resume("1")
     await assert_readable(cluster.urls["1"], acked)
+
+
+async def wait_until_unreachable(url: str, member: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with Client(url) as client:
+        while time.monotonic() < deadline:
+            info = await client.cluster()
+            if not any(m["reachable"] for m in info["members"] if m["id"] == member):
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} still sees {member} as reachable after {timeout}s")
 
 
 async def test_majority_lost_answers_503_within_bound(cluster: Replicas) -> None:
@@ -224,3 +241,24 @@ async def test_client_error_type_for_unreachable_endpoint() -> None:
     async with Client("http://127.0.0.1:9", timeout=2) as client:
         with pytest.raises((aiohttp.ClientError, OSError, QuorumKVError)):
             await client.get("x")
+
+
+async def test_contended_writes_on_a_healthy_cluster_all_succeed(cluster: Replicas) -> None:
+    """Proposers racing on one key settle the key instead of answering 503."""
+    clients = [Client(url, timeout=10) for url in cluster.urls.values()]
+    outcomes: list[str] = []
+
+    async def writer(i: int) -> None:
+        for n in range(25):
+            try:
+                await clients[(i + n) % len(clients)].put("hot", f"{i}.{n}".encode())
+                outcomes.append("ok")
+            except QuorumKVError as exc:
+                outcomes.append(f"{exc.status}: {exc.detail}")
+
+    try:
+        await asyncio.gather(*(writer(i) for i in range(4)))
+    finally:
+        for client in clients:
+            await client.close()
+    assert outcomes == ["ok"] * 100

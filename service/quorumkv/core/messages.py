@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from quorumkv.core.acceptor import Accepted, Conflict, Promise
 from quorumkv.core.ballot import Ballot
+from quorumkv.core.changes import Change, Outcome
 from quorumkv.core.register import Register
 
 
@@ -52,3 +53,22 @@ class BucketReply(NamedTuple):
 
 SyncQuery = DigestQuery | BucketQuery
 SyncReply = DigestReply | BucketReply
+
+
+class Forward(NamedTuple):
+    """Ask the key's home replica to run a change: one proposer per key, no duels."""
+
+    key: str
+    change: Change
+
+
+class Forwarded(NamedTuple):
+    outcome: Outcome
+    register: Register
+
+
+class ForwardFailed(NamedTuple):
+    """The home could not get a quorum; `indeterminate`: the change may still happen."""
+
+    detail: str
+    indeterminate: bool

@@ -36,12 +36,10 @@ def key_of(request: web.Request) -> str:
 
 
 def _observe(request: web.Request, op: str, status: int, started: float) -> None:
-    metrics = request.app[NODE].metrics
-    metrics.requests.labels(op, str(status)).inc()
-    metrics.latency.labels(op).observe(time.perf_counter() - started)
+    request.app[NODE].metrics.observe_request(op, status, time.perf_counter() - started)
 
 
-@routes.get(KV_PREFIX + "{tail:.*}")
+@routes.get(KV_PREFIX + r"{tail:[\s\S]*}")
 async def get_key(request: web.Request) -> web.Response:
     started = time.perf_counter()
     key = key_of(request)
@@ -60,7 +58,7 @@ async def get_key(request: web.Request) -> web.Response:
                         headers={"ETag": register.etag or ""})
 
 
-@routes.put(KV_PREFIX + "{tail:.*}")
+@routes.put(KV_PREFIX + r"{tail:[\s\S]*}")
 async def put_key(request: web.Request) -> web.Response:
     started = time.perf_counter()
     key = key_of(request)
@@ -68,8 +66,8 @@ async def put_key(request: web.Request) -> web.Response:
     limit = node.settings.max_value_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ValueTooLarge(f"the value is {request.content_length} bytes; the limit is {limit}")
-    if_match = request.headers.get("If-Match")
-    if_none_match = request.headers.get("If-None-Match")
+    if_match = _header(request, "If-Match")
+    if_none_match = _header(request, "If-None-Match")
     if if_none_match is not None and if_none_match.strip() != "*":
         raise BadRequest("only `If-None-Match: *` (create-only) is supported on PUT")
     if if_none_match is not None and if_match is not None:
@@ -89,12 +87,12 @@ async def put_key(request: web.Request) -> web.Response:
     return web.Response(status=status, headers={"ETag": register.etag or ""})
 
 
-@routes.delete(KV_PREFIX + "{tail:.*}")
+@routes.delete(KV_PREFIX + r"{tail:[\s\S]*}")
 async def delete_key(request: web.Request) -> web.Response:
     started = time.perf_counter()
     key = key_of(request)
     outcome, register = await _change(request, "delete", key,
-                                      Delete(request.headers.get("If-Match")), started)
+                                      Delete(_header(request, "If-Match")), started)
     if outcome is Outcome.DELETED:
         _observe(request, "delete", 204, started)
         return web.Response(status=204)
@@ -103,6 +101,15 @@ async def delete_key(request: web.Request) -> web.Response:
         raise NotFound(f"key {key!r} does not exist")
     _observe(request, "delete", 412, started)
     raise PreconditionFailed(_precondition_detail(key, register))
+
+
+def _header(request: web.Request, name: str) -> str | None:
+    """A header as clean text: aiohttp keeps undecodable bytes as lone surrogates, which no
+    entity tag of ours contains (so they only fail to match) but nothing can encode."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 async def _change(

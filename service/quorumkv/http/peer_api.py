@@ -13,8 +13,16 @@ import logging
 import orjson
 from aiohttp import web
 
-from quorumkv.core.messages import BucketQuery, BucketReply, DigestQuery, DigestReply
-from quorumkv.errors import BadRequest
+from quorumkv.core.messages import (
+    BucketQuery,
+    BucketReply,
+    DigestQuery,
+    DigestReply,
+    Forward,
+    Forwarded,
+    ForwardFailed,
+)
+from quorumkv.errors import BadRequest, QuorumUnavailable
 from quorumkv.http.errors import Handler, error_response
 from quorumkv.http.keys import NODE
 from quorumkv.node import Node
@@ -75,8 +83,12 @@ async def batch(request: web.Request) -> web.Response:
                        f"{envelope.incarnation}")
     replies: list[PeerReply | Failure] = []
     waits: set[asyncio.Future[None]] = set()
+    forwarded: dict[int, asyncio.Task[PeerReply]] = {}
     for message in envelope.messages:
-        if isinstance(message, DigestQuery):
+        if isinstance(message, Forward):
+            forwarded[len(replies)] = asyncio.create_task(_run_forwarded(node, message))
+            replies.append(Failure("pending"))
+        elif isinstance(message, DigestQuery):
             replies.append(DigestReply(tuple(node.local.digests.buckets)))
         elif isinstance(message, BucketQuery):
             replies.append(BucketReply(tuple(node.local.bucket_versions(message.bucket))))
@@ -90,8 +102,21 @@ async def batch(request: web.Request) -> web.Response:
         await asyncio.shield(waits.pop())
     elif waits:
         await asyncio.gather(*(asyncio.shield(w) for w in waits))
+    for index, task in forwarded.items():
+        replies[index] = await task
     return web.Response(body=pack_replies(node.incarnation, replies),
                         content_type="application/msgpack")
+
+
+async def _run_forwarded(node: Node, message: Forward) -> PeerReply:
+    """Run a change forwarded to us as the key's home; never forward it again."""
+    assert node.coordinator is not None
+    try:
+        outcome, register = await node.coordinator.change(message.key, message.change,
+                                                          local_only=True)
+    except QuorumUnavailable as exc:
+        return ForwardFailed(exc.detail, exc.indeterminate)
+    return Forwarded(outcome, register)
 
 
 def _refuse(node: Node, error: str, detail: str) -> web.Response:

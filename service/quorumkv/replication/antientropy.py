@@ -85,7 +85,10 @@ class AntiEntropy:
             nonlocal repaired
             async with semaphore:
                 try:
-                    await self._coordinator.change(key, Identity())
+                    # proposed here, not by the key's home: a replica back from a restart
+                    # refuses the low ballots of the home's one-round-trip accepts (its
+                    # promise floor), so only a fresh prepare from here reaches it
+                    await self._coordinator.change(key, Identity(), local_only=True)
                 except QuorumUnavailable:
                     return
                 repaired += 1

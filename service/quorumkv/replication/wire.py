@@ -14,12 +14,16 @@ import msgpack
 
 from quorumkv.core.acceptor import Accepted, Conflict, Promise
 from quorumkv.core.ballot import Ballot
+from quorumkv.core.changes import Change, Delete, Identity, Outcome, Put
 from quorumkv.core.messages import (
     Accept,
     BucketQuery,
     BucketReply,
     DigestQuery,
     DigestReply,
+    Forward,
+    Forwarded,
+    ForwardFailed,
     Prepare,
     Read,
     Reply,
@@ -31,8 +35,8 @@ from quorumkv.core.quorum import Config
 from quorumkv.replication.digests import BUCKETS
 from quorumkv.storage.codec import ballot_or_none, register_from_wire, register_to_wire
 
-PeerRequest = Request | SyncQuery
-PeerReply = Reply | SyncReply
+PeerRequest = Request | SyncQuery | Forward
+PeerReply = Reply | SyncReply | Forwarded | ForwardFailed
 
 
 class Envelope(NamedTuple):
@@ -58,14 +62,37 @@ def encode_request(msg: PeerRequest) -> list[Any]:
         return ["a", msg.key, msg.ballot.to_wire(), register_to_wire(msg.register), nxt]
     if isinstance(msg, DigestQuery):
         return ["d"]
+    if isinstance(msg, Forward):
+        return ["f", msg.key, encode_change(msg.change)]
     return ["b", msg.bucket]
+
+
+def encode_change(change: Change) -> list[Any]:
+    if isinstance(change, Put):
+        return ["put", change.value, change.if_match, change.create_only]
+    if isinstance(change, Delete):
+        return ["del", change.if_match]
+    return ["id"]
+
+
+def decode_change(raw: Any) -> Change:
+    if isinstance(raw, list) and raw:
+        kind, args = raw[0], raw[1:]
+        if kind == "put" and len(args) == 3 and isinstance(args[0], bytes) \
+                and isinstance(args[1], str | None) and isinstance(args[2], bool):
+            return Put(args[0], args[1], args[2])
+        if kind == "del" and len(args) == 1 and isinstance(args[0], str | None):
+            return Delete(args[0])
+        if kind == "id" and not args:
+            return Identity()
+    raise ValueError(f"malformed change {raw!r}")
 
 
 def decode_request(raw: Any) -> PeerRequest:
     if not isinstance(raw, list) or not raw or not isinstance(raw[0], str):
         raise ValueError("a message must be a non-empty list starting with its type")
     kind, args = raw[0], raw[1:]
-    if kind in ("r", "p", "a") and not (args and isinstance(args[0], str)):
+    if kind in ("r", "p", "a", "f") and not (args and isinstance(args[0], str)):
         raise ValueError("a key must be a string")
     if kind == "r" and len(args) == 1:
         return Read(args[0])
@@ -76,6 +103,8 @@ def decode_request(raw: Any) -> PeerRequest:
                       ballot_or_none(args[3]))
     if kind == "d" and not args:
         return DigestQuery()
+    if kind == "f" and len(args) == 2:
+        return Forward(args[0], decode_change(args[1]))
     if kind == "b" and len(args) == 1 and isinstance(args[0], int) and 0 <= args[0] < BUCKETS:
         return BucketQuery(args[0])
     raise ValueError(f"unknown or malformed message {kind!r}")
@@ -92,6 +121,10 @@ def encode_reply(reply: PeerReply | Failure) -> list[Any]:
         return ["D", list(reply.buckets)]
     if isinstance(reply, BucketReply):
         return ["B", [[k, None if v is None else v.to_wire()] for k, v in reply.entries]]
+    if isinstance(reply, Forwarded):
+        return ["R", reply.outcome.value, register_to_wire(reply.register)]
+    if isinstance(reply, ForwardFailed):
+        return ["X", reply.detail, reply.indeterminate]
     return ["E", reply.reason]
 
 
@@ -109,6 +142,10 @@ def decode_reply(raw: Any) -> PeerReply | Failure:
         return DigestReply(tuple(int(x) for x in raw[1]))
     if kind == "B" and len(raw) == 2:
         return BucketReply(tuple((str(k), ballot_or_none(v)) for k, v in raw[1]))
+    if kind == "R" and len(raw) == 3:
+        return Forwarded(Outcome(raw[1]), register_from_wire(raw[2]))
+    if kind == "X" and len(raw) == 3:
+        return ForwardFailed(str(raw[1]), bool(raw[2]))
     if kind == "E" and len(raw) == 2:
         return Failure(str(raw[1]))
     raise ValueError(f"unknown or malformed reply {kind!r}")
@@ -132,7 +169,20 @@ def unpack_envelope(data: bytes) -> Envelope:
     sender, inc, config, msgs = (body.get(k) for k in ("from", "inc", "config", "msgs"))
     if not (isinstance(sender, str) and isinstance(inc, str) and isinstance(msgs, list)):
         raise ValueError("the envelope needs from, inc, config and msgs")
-    return Envelope(sender, inc, Config.from_json(config), [decode_request(m) for m in msgs])
+    return Envelope(sender, inc, _config(config), [decode_request(m) for m in msgs])
+
+
+_last_config: tuple[Any, Config | None] = (None, None)
+
+
+def _config(raw: Any) -> Config:
+    """Parse an envelope's configuration; it rarely changes, so remember the last one."""
+    global _last_config
+    if raw == _last_config[0] and _last_config[1] is not None:
+        return _last_config[1]
+    config = Config.from_json(raw)
+    _last_config = (raw, config)
+    return config
 
 
 def pack_replies(incarnation: str, replies: list[PeerReply | Failure]) -> bytes:
