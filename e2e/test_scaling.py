@@ -244,6 +244,7 @@ def test_scale_3_to_5_to_3_under_load_with_operator_restarts(cluster: Kubectl) -
         info = sum(op.outcome is Outcome.INFO for op in ops)
         print(f"[e2e] history: {len(ops)} ops ({ok} ok, {info} indeterminate) on "
               f"{len(keys)} keys; linearizable={result.valid} in {result.elapsed_s:.1f}s")
+        assert len(result.keys) == len(keys)
         assert result.valid is True, [
             (f.key, [op.describe() for op in f.window]) for f in result.failures][:3]
         assert ok > 100, "the clients did work during the scale"

@@ -36,6 +36,8 @@ CHANGING = "ChangingMembership"
 REMOVING = "RemovingReplicas"
 RELEASING = "ReleasingVolumes"
 PHASES = (IDLE, ADDING, CHANGING, REMOVING, RELEASING)
+SLOW_START_SECONDS = 120.0
+"""New pods not answering after this long: the scale-up says so (ScalingBlocked)."""
 RUNNING_STATES = frozenset({"starting", "installing-joint", "rescanning", "installing-new"})
 
 Event = tuple[str, str, str]  # (type, reason, message)
@@ -335,8 +337,14 @@ def resolve(o: Observed) -> Plan:
             return plan(ADDING, f"starting {_pods(o.name, new)}")
         missing = [k for k in sorted(new) if not o.replicas.get(k, Replica()).alive]
         if missing:
-            return plan(ADDING, f"waiting for {_pods(o.name, missing)} to start (answer "
-                                "/healthz as non-voting replicas)")
+            waiting = f"waiting for {_pods(o.name, missing)} to start (answer /healthz as " \
+                      "non-voting replicas)"
+            since = _seconds_between(str(prev.get("startedAt") or ""), o.now)
+            if since is not None and since > SLOW_START_SECONDS:
+                return plan(ADDING, "", blocked=f"{waiting} for {since:.0f}s; check their pod "
+                                                "events (scheduling, image, volumes)",
+                            reason="ReplicasNotStarting")
+            return plan(ADDING, waiting)
         ready_old = {k for k in members if o.replicas.get(k, Replica()).ready}
         up_new = ready_old | {k for k in new if o.replicas.get(k, Replica()).alive}
         if not majority(members, ready_old) or not majority(goal, up_new):

@@ -374,3 +374,14 @@ def test_asking_again_after_a_refusal_posts_no_new_event() -> None:
     again = resolve(w.observe(3))
     assert again.action == plan.action
     assert reasons([again]) == []
+
+
+def test_new_pods_that_do_not_start_are_reported_after_a_while() -> None:
+    w = world(3)
+    w.sts, w.pods, w.down = 5, {0, 1, 2, 3, 4}, {3}
+    w.previous = {**w.previous, "phase": ADDING, "startedAt": "2025-12-31T23:57:00Z"}
+    plan = resolve(w.observe(5))
+    assert plan.action is None and plan.blocked_reason == "ReplicasNotStarting"
+    assert "demo-3" in plan.blocked and "180s" in plan.blocked
+    w.previous["startedAt"] = "2025-12-31T23:59:30Z"
+    assert not resolve(w.observe(5)).blocked
