@@ -117,9 +117,10 @@ def compute_status(
 
 async def act(
     kube: Kube, settings: Settings, spec: ClusterSpec, plan: scaling.Plan,
-    members: list[Member], token: str | None,
+    members: list[Member], token: str | None, previous_message: str = "",
 ) -> tuple[scaling.Plan, list[Event]]:
-    """Carry out the plan's one action (after the manifests were applied)."""
+    """Carry out the plan's one action (after the manifests were applied). A refusal is
+    posted as an Event only when it differs from the one recorded last cycle."""
     action = plan.action
     events: list[Event] = []
     if isinstance(action, scaling.ChangeMembership):
@@ -131,7 +132,7 @@ async def act(
             _, error = await change_membership(via, token, target,
                                                timeout=max(settings.probe_timeout, 5.0))
         if error:
-            if error not in str(plan.status.get("message") or ""):
+            if error != previous_message:
                 events.append(("Warning", "MembershipChangeRefused", error))
             plan = dataclasses.replace(plan, status={**plan.status, "message": error})
     elif isinstance(action, scaling.DeleteClaims):
@@ -178,7 +179,8 @@ async def reconcile(
                        f"{spec.replicas} replicas tolerate no more failures than "
                        f"{spec.replicas - 1}; an odd count is cheaper for the same safety"))
     events += plan.events
-    plan, acted = await act(kube, settings, spec, plan, members, peer_token)
+    previous_message = str(observed.previous.get("message") or "")
+    plan, acted = await act(kube, settings, spec, plan, members, peer_token, previous_message)
     events += acted
     if claim_size and claim_size != spec.storage_size:
         claims = [f"data-{spec.name}-{i}" for i in sorted(plan.members)]

@@ -6,9 +6,11 @@ import copy
 import logging
 from typing import Any
 
+import pytest
 from conftest import kvcluster
 from quorumkv_operator import reconcile
 from quorumkv_operator.settings import Settings
+from quorumkv_operator.status import Member
 
 LOG = logging.getLogger("test")
 
@@ -107,3 +109,66 @@ async def test_storage_growth_expands_existing_claims() -> None:
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"] == {
         "storage": "1Gi"}
     assert ("Warning", "VolumeExpansionFailed") in [(e[0], e[1]) for e in events]
+
+
+async def test_scale_up_cycle_by_cycle_against_fake_replicas(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The I/O edges of a 3→5 scale: StatefulSet grown with the same peer list, the change
+    asked of demo-0 with the new members' DNS peer URLs, a refusal reported once, the PDB
+    following the members."""
+    kube = FakeKube()
+    st, _ = await run(kube, kvcluster(spec={"replicas": 3}))
+    config: dict[str, Any] = {"epoch": 1, "members": ["0", "1", "2"], "joining": None}
+    asked: list[tuple[str, dict[str, str]]] = []
+    refuse: list[str] = []
+
+    async def observe_members(cluster: str, pods: Any, members: int,
+                              **_: Any) -> list[Member]:
+        n = kube.objects[("StatefulSet", "demo")]["spec"]["replicas"]
+        return [Member(ordinal=i, name=f"demo-{i}", exists=True, pod_ready=True,
+                       reply={"epoch": config["epoch"],
+                              "ready": str(i) in config["members"]},
+                       url=f"http://10.0.0.{i}:8080") for i in range(n)]
+
+    async def memberships(members: list[Member], token: str | None,
+                          **_: Any) -> dict[int, Any]:
+        assert token
+        return {m.ordinal: {"config": config, "change": None} for m in members}
+
+    async def change_membership(member: Member, token: str, target: dict[str, str],
+                                **_: Any) -> tuple[Any, str]:
+        asked.append((member.name, target))
+        if refuse:
+            return None, refuse[0]
+        config.update(epoch=3, members=sorted(target))
+        return {}, ""
+
+    monkeypatch.setattr(reconcile, "observe_members", observe_members)
+    monkeypatch.setattr(reconcile, "memberships", memberships)
+    monkeypatch.setattr(reconcile, "change_membership", change_membership)
+    peers_before = kube.objects[("StatefulSet", "demo")]["spec"]["template"]
+
+    body = kvcluster(spec={"replicas": 5}, status=st, generation=2)
+    st, events = await run(kube, body)  # 1: grow the StatefulSet
+    sts = kube.objects[("StatefulSet", "demo")]
+    assert sts["spec"]["replicas"] == 5 and sts["spec"]["template"] == peers_before
+    assert st["scaling"]["phase"] == "AddingReplicas" and st["replicas"] == 3
+    assert {"ScalingUp", "AddingReplicas"} <= {e[1] for e in events}
+
+    refuse.append("demo-0 refused (409): a change to ['0', '1', '2', '9'] is running")
+    st, events = await run(kube, kvcluster(spec={"replicas": 5}, status=st, generation=2))
+    assert [e[1] for e in events if e[0] == "Warning"] == ["MembershipChangeRefused"]
+    assert st["scaling"]["message"].startswith("demo-0 refused")
+    st, events = await run(kube, kvcluster(spec={"replicas": 5}, status=st, generation=2))
+    assert "MembershipChangeRefused" not in [e[1] for e in events]
+    refuse.clear()
+
+    st, events = await run(kube, kvcluster(spec={"replicas": 5}, status=st, generation=2))
+    name, target = asked[-1]
+    assert name == "demo-0"
+    assert target == {str(i): f"http://demo-{i}.demo-peers.ns.svc.cluster.local:8080"
+                      for i in range(5)}
+    st, events = await run(kube, kvcluster(spec={"replicas": 5}, status=st, generation=2))
+    assert st["replicas"] == 5 and st["scaling"]["phase"] == "Idle"
+    assert {"MembershipChanged", "ScalingDone"} <= {e[1] for e in events}
+    assert kube.objects[("PodDisruptionBudget", "demo")]["spec"]["maxUnavailable"] == 2
