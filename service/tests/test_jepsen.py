@@ -4,6 +4,9 @@ linearizability by our own checker (`jepsen/`).
 - the fault machinery on its own, against `python -m http.server` (integration);
 - a run of `quorumkv serve` x3 with clients and a random nemesis: kill -9 + restart, SIGSTOP,
   partitions and bridges with iptables — must be linearizable, lose nothing, keep serving;
+- five replicas whose member set goes 3→5→3→1→3 through the admin API while replicas are
+  killed and paused (only as many as keep a majority of the old and the new set up) —
+  linearizable, nothing acknowledged lost, every change done;
 - the same harness on the deliberately unsafe volatile mode, with a script that gives a
   replica amnesia: the checker must flag it, which proves the checker can see lost writes.
 
@@ -29,6 +32,13 @@ from jepsen import netfault
 from jepsen.nemesis import EXTRA_KINDS, FAULT_KINDS, Nemesis
 from jepsen.procs import NodeAddr, Proc, ProcGroup, free_port, loopback_nodes, wait_http
 from jepsen.runner import RunConfig, RunResult, run
+from jepsen.scaling import (
+    DEFAULT_PLAN,
+    MembershipNemesis,
+    safe_victims,
+    tolerated_by_all,
+    tolerates,
+)
 from jepsen.workload import Mix, new_session
 
 HAVE_LOOPBACK_ALIASES = sys.platform == "linux"  # all of 127/8 answers on Linux
@@ -211,6 +221,75 @@ async def test_nemesis_faults_a_minority_at_a_time_and_undoes_everything() -> No
         await _fault_fake_cluster(size)
 
 
+def test_membership_faults_keep_a_majority_of_every_set_involved() -> None:
+    rng = random.Random(3)
+    ids = [str(i) for i in range(5)]
+    plans = [
+        [frozenset("012")],
+        [frozenset("012"), frozenset("01234")],
+        [frozenset("01234"), frozenset("012")],
+        [frozenset("012"), frozenset("0")],
+        [frozenset("0"), frozenset("012")],
+    ]
+    for sets in plans:
+        seen: set[tuple[str, ...]] = set()
+        for _ in range(300):
+            busy = set(rng.sample(ids, rng.randint(0, 2)))
+            if not tolerated_by_all(sets, busy):
+                continue
+            victims = safe_victims(rng, ids, busy, sets, most=2)
+            if victims:
+                assert not busy & set(victims)
+                assert tolerated_by_all(sets, busy | set(victims)), (sets, busy, victims)
+                seen.add(victims)
+        assert seen, sets  # always something to break: at least the non-members
+    assert not tolerates("0", "0") and tolerates("012", "2") and not tolerates("0123", "23")
+    assert safe_victims(rng, ["0"], set(), [frozenset("0")], most=2) == ()
+
+
+async def test_membership_nemesis_pauses_respect_the_announced_target() -> None:
+    """Fake processes, pauses only (no HTTP): while the target is switched back and forth, the
+    nodes down at any instant never cost a majority of the member set or the target."""
+    procs = {str(i): FakeProc(str(i)) for i in range(5)}
+    nem = MembershipNemesis(dict(procs), {}, "012", random.Random(5), time.monotonic_ns())
+    violations: list[tuple[list[frozenset[str]], set[str]]] = []
+    changing = False  # the change itself has started (not merely announced)
+
+    async def watch() -> None:
+        while True:
+            down = {n for n, p in procs.items() if p.paused}
+            sets = nem.constraint_sets() if changing else [nem.members]
+            if not tolerated_by_all(sets, down):
+                violations.append((sets, down))
+            await asyncio.sleep(0.001)
+
+    async def flip() -> None:
+        nonlocal changing
+        for members, target in [("012", "01234"), ("01234", "012"), ("012", "0"), ("0", "012")]:
+            nem.members, nem.target = frozenset(members), frozenset(target)
+            # what `change` does: wait until the faults in flight fit the target too
+            while not tolerated_by_all(nem.constraint_sets(), nem.down()):
+                await asyncio.sleep(0.001)
+            changing = True
+            await asyncio.sleep(0.1)
+            nem.members, nem.target, changing = frozenset(target), None, False
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    until = time.monotonic_ns() + int(0.8e9)
+    await asyncio.gather(
+        flip(),
+        *(
+            nem.fault_loop(until, ("pause",), hold=(0.01, 0.03), quiet=(0.0, 0.01))
+            for _ in range(2)
+        ),
+    )
+    watcher.cancel()
+    await nem.heal_all()
+    assert nem.counts.get("pause", 0) >= 5
+    assert not violations, violations[:3]
+
+
 # --- the real thing -------------------------------------------------------------------------
 
 
@@ -255,6 +334,49 @@ async def test_linearizable_and_available_under_faults(tmp_path: Path) -> None:
     for window, sent, answered in result.availability():
         if (window.end_ns - window.start_ns) >= 2e9 and sent:
             assert answered > 0, f"no answers from healthy nodes during {window}"
+    assert not result.unexpected, f"unexpected statuses: {dict(result.unexpected)}"
+
+
+@needs_linux
+@needs_server
+@pytest.mark.jepsen
+@pytest.mark.timeout(180)
+async def test_linearizable_while_scaling_3_5_3_1_3_under_crashes_and_pauses(
+    tmp_path: Path,
+) -> None:
+    """Five replica processes, 0-2 bootstrap and 3-4 start as non-members; the member set goes
+    {0,1,2} → {0..4} → {0,1,2} → {0} → {0,1,2} through the admin API while two fault loops
+    kill -9 + restart and SIGSTOP replicas — only sets whose loss leaves a majority of both
+    the old and the new member set up — and 12 clients work through random replicas, members
+    or not (a non-member answers 503). Then: heal, final reads through the members."""
+    cfg = RunConfig.from_env(
+        tmp_path,
+        duration_s=50.0,
+        seed=11,
+        replicas=5,
+        joiners=2,
+        membership_plan=DEFAULT_PLAN,
+        nemesis_loops=2,
+        faults=("kill", "pause"),
+        change_timeout_s=40.0,
+    )
+    result = await run(cfg)
+    _show(result)
+    assert not result.errors, f"harness errors: {result.errors}"
+    assert not result.crashes, f"replicas crashed: {result.crashes}"
+    assert result.check.valid is True, "history not linearizable (or undecided); see above"
+    assert result.etags.ok, "one etag was returned for two values:\n" + result.etags.describe()
+    states = [(c.new, c.state) for c in result.changes]
+    assert [c.new for c in result.changes] == list(cfg.membership_plan), states
+    assert all(c.state == "done" for c in result.changes), f"changes not done: {states}"
+    assert result.final_members == cfg.membership_plan[-1]
+    assert result.ready_after_heal, "not every member was ready again after healing"
+    assert all(result.final_read_ok.values()), "some key could not be read after healing"
+    min_ok = int(10 * cfg.duration_s)
+    assert result.ok_ops >= min_ok, f"only {result.ok_ops} ok ops (want ≥ {min_ok})"
+    faults = result.fault_counts.get("kill", 0) + result.fault_counts.get("pause", 0)
+    assert faults >= cfg.duration_s / 10, f"too few faults injected: {result.fault_counts}"
+    assert sum(c.faults_during for c in result.changes) > 0, "no fault during any change"
     assert not result.unexpected, f"unexpected statuses: {dict(result.unexpected)}"
 
 

@@ -12,5 +12,7 @@ Layers, from pure to I/O (each module imports only those above it):
 - `netfault` — network partitions between loopback addresses with iptables.
 - `nemesis`  — the fault schedules, driving `procs` and `netfault`.
 - `workload` — concurrent HTTP clients that issue operations and record the history.
+- `scaling`  — membership changes (3→5→3→1→3) through the admin API, with kill -9 and
+  SIGSTOP faults that always leave a majority of the old and the new member set up.
 - `runner`   — one run: cluster up, workload + nemesis, heal, final reads, check.
 """

@@ -28,6 +28,7 @@ from .history import Op, Outcome
 from .nemesis import FAULT_KINDS, NET_KINDS, Nemesis, Window
 from .netfault import Partitioner, iptables_usable
 from .procs import NodeAddr, Proc, ProcGroup, free_port, loopback_nodes, wait_http
+from .scaling import ChangeRecord, MembershipNemesis
 from .workload import Client, KeyGroup, Mix, Recorder, final_reads, new_session
 
 
@@ -55,6 +56,12 @@ class RunConfig:
     check_budget: int = checker.DEFAULT_BUDGET  # search steps per key
     snapshot_server: bool = True  # run the replicas from a copy of the package (see below)
     server_source: str = "worktree"  # or "head": the package as committed
+    # Membership changes (see `scaling`): the first `replicas - joiners` replicas bootstrap the
+    # cluster, the others start as non-members (--advertise-url) and join when a change of
+    # `membership_plan` adds them; kill and pause faults then respect every majority involved.
+    joiners: int = 0
+    membership_plan: tuple[tuple[str, ...], ...] = ()
+    change_timeout_s: float = 40.0
 
     @classmethod
     def from_env(cls, workdir: Path, **defaults: object) -> RunConfig:
@@ -92,6 +99,8 @@ class RunResult:
     etags: EtagReport
     errors: list[str]  # of the harness itself (nemesis or clients): the run is suspect
     ready_after_heal: bool
+    changes: list[ChangeRecord] = dataclasses.field(default_factory=list)
+    final_members: tuple[str, ...] = ()
 
     @property
     def ok_ops(self) -> int:
@@ -114,13 +123,38 @@ class RunResult:
             out.append((w, len(sent), sum(op.outcome is not Outcome.INFO for op in sent)))
         return out
 
+    def throughput_by_phase(self) -> list[str]:
+        """ok ops/s between and during the membership changes (clients' ops only)."""
+        marks: list[tuple[float, str]] = [(0.0, "start")]
+        for c in self.changes:
+            marks.append((c.started_s, f"change to {len(c.new)}"))
+            if c.finished_s is not None:
+                marks.append((c.finished_s, f"{len(c.new)} members"))
+        ends = [m[0] for m in marks[1:]] + [self.config.duration_s]
+        out = []
+        for (start, what), end in zip(marks, ends, strict=True):
+            if end <= start:
+                continue
+            ok = sum(
+                op.outcome is Outcome.OK
+                and op.process >= 0
+                and start <= (op.invoke_ns - self.t0_ns) / 1e9 < end
+                for op in self.ops
+            )
+            rate = ok / (end - start)
+            out.append(f"{what:>14} t={start:5.1f}..{end:5.1f}s: {rate:6.1f} ok ops/s")
+        return out
+
     def summary(self) -> str:
         cfg = self.config
         faults = ", ".join(f"{k}={v}" for k, v in sorted(self.fault_counts.items())) or "none"
+        if cfg.membership_plan:
+            net = f"membership plan {[len(m) for m in cfg.membership_plan]}, {cfg.joiners} joiners"
+        else:
+            net = f"partitions={'on' if self.partitions_enabled else 'OFF (no iptables)'}"
         lines = [
             f"jepsen run: seed={cfg.seed} replicas={cfg.replicas} clients={cfg.clients} "
-            f"duration={cfg.duration_s:.0f}s volatile={cfg.volatile} "
-            f"partitions={'on' if self.partitions_enabled else 'OFF (no iptables)'}",
+            f"duration={cfg.duration_s:.0f}s volatile={cfg.volatile} {net}",
             f"ops: {len(self.ops)} recorded, {self.ok_ops} ok, over {self.run_s:.1f} s; "
             f"unsent (connection refused): {sum(self.unsent.values())}",
             report.op_table(self.ops),
@@ -134,11 +168,15 @@ class RunResult:
             lines.append("NOT all replicas ready again after healing")
         if self.unexpected:
             lines.append(f"unexpected statuses (counted indeterminate): {dict(self.unexpected)}")
+        if cfg.membership_plan:
+            lines.append(f"membership changes (final members {list(self.final_members)}):")
+            lines += ["  " + c.describe() for c in self.changes]
+            lines += ["  " + line for line in self.throughput_by_phase()]
         lost = [k for k, ok in self.final_read_ok.items() if not ok]
         if lost:
             lines.append(f"final reads failed for keys: {lost}")
         lines.append(report.format_faults(self.fault_log))
-        for w, sent, answered in self.availability():
+        for w, sent, answered in [] if cfg.membership_plan else self.availability():
             lines.append(
                 f"  during {w.kind} {list(w.nodes)} ({(w.end_ns - w.start_ns) / 1e9:.1f} s): "
                 f"{answered}/{sent} ops to unaffected nodes answered"
@@ -173,7 +211,10 @@ def snapshot_server(dest: Path, source: str = "worktree") -> Path:
 
 
 def _replica_argv(node: NodeAddr, nodes: list[NodeAddr], data: Path) -> list[str]:
+    """`nodes` is the bootstrap peer list; a node outside it joins later (advertises itself)."""
     peers = [arg for n in nodes for arg in ("--peer", f"{n.node_id}={n.url}")]
+    if node not in nodes:
+        peers += ["--advertise-url", node.url]
     return [
         sys.executable,
         "-m",
@@ -194,11 +235,17 @@ async def _wait_ready(nodes: list[NodeAddr], timeout: float) -> bool:
         return await wait_http(session, [n.url + "/readyz" for n in nodes], timeout=timeout)
 
 
+async def _wait_alive(nodes: list[NodeAddr], timeout: float) -> bool:
+    async with new_session() as session:
+        return await wait_http(session, [n.url + "/healthz" for n in nodes], timeout=timeout)
+
+
 async def run(cfg: RunConfig) -> RunResult:
     """Do one run and check it. Raises if the cluster never becomes ready at the start."""
     rng = random.Random(cfg.seed)
     hosts = [f"127.0.0.{cfg.first_host + i}" for i in range(cfg.replicas)]
     nodes = loopback_nodes(cfg.replicas, free_port(hosts, rng), cfg.first_host)
+    bootstrap = nodes[: cfg.replicas - cfg.joiners]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if cfg.snapshot_server:
         pkg = snapshot_server(cfg.workdir / "server-snapshot", cfg.server_source)
@@ -209,7 +256,7 @@ async def run(cfg: RunConfig) -> RunResult:
     procs = {
         n.node_id: Proc(
             f"n{n.node_id}",
-            _replica_argv(n, nodes, cfg.workdir / f"data-{n.node_id}"),
+            _replica_argv(n, bootstrap, cfg.workdir / f"data-{n.node_id}"),
             cfg.workdir / f"replica-{n.node_id}.log",
             env,
         )
@@ -221,12 +268,27 @@ async def run(cfg: RunConfig) -> RunResult:
     with contextlib.ExitStack() as stack:
         stack.enter_context(ProcGroup(list(procs.values())))
         partitioner = stack.enter_context(Partitioner(nodes)) if use_net else None
-        if not await _wait_ready(nodes, cfg.ready_timeout_s):
+        if not await _wait_ready(bootstrap, cfg.ready_timeout_s) or not await _wait_alive(
+            nodes, cfg.ready_timeout_s
+        ):
             raise RuntimeError(f"replicas not ready within {cfg.ready_timeout_s}s: {cfg.workdir}")
         t0 = time.monotonic_ns()
         until = t0 + int(cfg.duration_s * 1e9)
-        nemesis = Nemesis(procs, partitioner, random.Random(rng.random()), t0)
         urls = {n.node_id: n.url for n in nodes}
+        nemesis_rng = random.Random(rng.random())
+        scaler: MembershipNemesis | None = None
+        if cfg.membership_plan:
+            scaler = MembershipNemesis(
+                procs,
+                urls,
+                [n.node_id for n in bootstrap],
+                nemesis_rng,
+                t0,
+                change_timeout_s=cfg.change_timeout_s,
+            )
+            nemesis: Nemesis = scaler
+        else:
+            nemesis = Nemesis(procs, partitioner, nemesis_rng, t0)
         prefix = f"jk{cfg.seed}"
         groups = [
             KeyGroup(f"{prefix}g{g}", cfg.ops_per_key)
@@ -244,8 +306,14 @@ async def run(cfg: RunConfig) -> RunResult:
             )
             for c in range(cfg.clients)
         ]
-        if cfg.amnesia_rounds:
-            chaos: Awaitable[object] = nemesis.amnesia(cfg.amnesia_rounds, cfg.amnesia_hold_s)
+        if scaler is not None:
+            kinds = [k for k in cfg.faults if k in ("kill", "pause")]
+            chaos: Awaitable[object] = asyncio.gather(
+                scaler.drive(cfg.membership_plan, until),
+                *(scaler.fault_loop(until, kinds) for _ in range(cfg.nemesis_loops) if kinds),
+            )
+        elif cfg.amnesia_rounds:
+            chaos = nemesis.amnesia(cfg.amnesia_rounds, cfg.amnesia_hold_s)
         else:
             chaos = asyncio.gather(
                 *(nemesis.random_faults(cfg.faults, until) for _ in range(cfg.nemesis_loops))
@@ -259,10 +327,12 @@ async def run(cfg: RunConfig) -> RunResult:
         errors = [f"{type(e).__name__}: {e}" for e in outcomes if isinstance(e, BaseException)]
         for e in errors:
             nemesis.note(f"HARNESS ERROR {e}")
-        ready = await _wait_ready(nodes, cfg.ready_timeout_s)
-        nemesis.note(f"all ready again: {ready}")
+        members = sorted(scaler.members) if scaler is not None else sorted(urls)
+        ready = await _wait_ready([n for n in nodes if n.node_id in members], cfg.ready_timeout_s)
+        nemesis.note(f"all members ready again: {ready}")
         keys = sorted({op.key for op in recorder.ops})
-        final = await final_reads(urls, keys, recorder, cfg.op_timeout_s)
+        member_urls = {n: urls[n] for n in members}  # a non-member answers 503
+        final = await final_reads(member_urls, keys, recorder, cfg.op_timeout_s)
         nemesis.find_crashes()
         run_s = (time.monotonic_ns() - t0) / 1e9
     result = RunResult(
@@ -282,6 +352,8 @@ async def run(cfg: RunConfig) -> RunResult:
         errors=errors,
         etags=check_etags(recorder.ops),
         ready_after_heal=ready,
+        changes=scaler.changes if scaler is not None else [],
+        final_members=tuple(members),
     )
     _save(result)
     return result
