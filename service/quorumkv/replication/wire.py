@@ -169,7 +169,10 @@ def unpack_envelope(data: bytes) -> Envelope:
     sender, inc, config, msgs = (body.get(k) for k in ("from", "inc", "config", "msgs"))
     if not (isinstance(sender, str) and isinstance(inc, str) and isinstance(msgs, list)):
         raise ValueError("the envelope needs from, inc, config and msgs")
-    return Envelope(sender, inc, _config(config), [decode_request(m) for m in msgs])
+    try:
+        return Envelope(sender, inc, _config(config), [decode_request(m) for m in msgs])
+    except (TypeError, KeyError, IndexError, AttributeError) as exc:  # wrong shapes
+        raise ValueError(f"malformed envelope: {exc!r}") from None
 
 
 _last_config: tuple[Any, Config | None] = (None, None)
@@ -199,4 +202,7 @@ def unpack_replies(data: bytes) -> tuple[str, list[PeerReply | Failure]]:
     if not isinstance(body, dict) or not isinstance(body.get("inc"), str) \
             or not isinstance(body.get("replies"), list):
         raise ValueError("the reply envelope needs inc and replies")
-    return body["inc"], [decode_reply(r) for r in body["replies"]]
+    try:
+        return body["inc"], [decode_reply(r) for r in body["replies"]]
+    except (TypeError, KeyError, IndexError, AttributeError) as exc:  # wrong shapes
+        raise ValueError(f"malformed replies: {exc!r}") from None
