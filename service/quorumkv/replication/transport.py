@@ -128,7 +128,10 @@ class PeerLink:
         started = time.perf_counter()
         try:
             replies = await self.exchange([msg for msg, _, _ in batch], batch[0][1])
-        except PeerUnavailable as exc:
+        except Exception as exc:
+            if not isinstance(exc, PeerUnavailable):  # a bug: fail the batch, keep the link
+                log.exception("peer batch failed", extra={"peer": self.peer_id})
+                exc = PeerUnavailable(f"{type(exc).__name__}: {exc}")
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
