@@ -34,6 +34,10 @@ class Kube:
         self.policy = client.PolicyV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
 
+    def close(self) -> None:
+        """Release the connection pool (an operator stopping inside a longer process)."""
+        self.api.close()  # type: ignore[no-untyped-call]
+
     def _calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
         return {
             "StatefulSet": (self.apps.read_namespaced_stateful_set,

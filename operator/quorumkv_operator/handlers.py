@@ -79,6 +79,9 @@ class Runtime:
         for task in self.pending.values():
             task.cancel()
         await asyncio.gather(*self.pending.values(), return_exceptions=True)
+        if self.kube is not None:
+            self.kube.close()
+            self.kube = None
 
 
 def post(body: Any, events: list[reconcile.Event]) -> None:
