@@ -116,25 +116,25 @@ class Node:
             for peer in set(links) - config.voters:
                 del links[peer]
         for peer, url in config.url_map().items():
-            if peer == self.settings.node_id:
-                continue
-            self.links[peer] = self._link_for(peer, url)
-            forward = self.forward_links.get(peer)
-            if forward is None or forward.base_url != url:
-                self.forward_links[peer] = PeerLink(
-                    peer, url, session=self._session, membership=self.membership,
-                    token=self.settings.auth_token,
-                    timeout=self.settings.request_timeout + 2 * FORWARD_GRACE)
+            if peer != self.settings.node_id:
+                self.links[peer] = self._link_for(peer, url)
+                self.forward_links[peer] = self._link_for(peer, url, forwarding=True)
 
-    def _link_for(self, peer: str, url: str) -> PeerLink:
-        """The link to `peer` at `url`: the voter's link, or a new one (e.g. to a leaver)."""
+    def _link_for(self, peer: str, url: str, *, forwarding: bool = False) -> PeerLink:
+        """The link to `peer` at `url`: the voter's link, or a new one (e.g. to a leaver).
+
+        Forwarding links wait for a whole Paxos round at the home, so their timeout is the
+        request timeout plus grace, not the peer timeout of acceptor batches.
+        """
         assert self._session is not None
-        link = self.links.get(peer)
+        link = (self.forward_links if forwarding else self.links).get(peer)
         if link is not None and link.base_url == url:
             return link
+        timeout = self.settings.request_timeout + 2 * FORWARD_GRACE if forwarding \
+            else self.settings.peer_timeout
         return PeerLink(peer, url, session=self._session, membership=self.membership,
-                        token=self.settings.auth_token, timeout=self.settings.peer_timeout,
-                        observe=self.metrics.observe_batch)
+                        token=self.settings.auth_token, timeout=timeout,
+                        observe=None if forwarding else self.metrics.observe_batch)
 
     def _configuration_changed(self, config: Config) -> None:
         if self._session is not None:
@@ -191,10 +191,6 @@ class Node:
         return {self.settings.node_id} | {p for p, link in self.links.items() if link.reachable}
 
     @property
-    def self_url(self) -> str:
-        return self.settings.advertise_url
-
-    @property
     def readiness(self) -> tuple[bool, str]:
         """Ready when this replica can serve: identity valid, quorum reachable, caught up."""
         config = self.membership.config
@@ -234,6 +230,7 @@ class Node:
         ready, reason = self.readiness
         return {
             "node_id": self.settings.node_id,
+            "url": self.settings.advertise_url,
             "incarnation": self.incarnation,
             "epoch": config.epoch,
             "members": members,
