@@ -29,7 +29,8 @@ log = logging.getLogger("quorumkv.reconfig")
 
 INSTALL_TIMEOUT = 60.0
 RESCAN_CONCURRENCY = 64
-KEY_ATTEMPTS = 6
+KEY_ATTEMPTS = 10  # per key, with backoff capped at 2 s: rides out a few seconds at the
+# minimum majority (a paused member, a restart) instead of failing the whole change
 
 
 class ChangeRefused(Exception):
@@ -196,4 +197,4 @@ class MembershipChanger:
             except QuorumUnavailable:
                 if attempt == KEY_ATTEMPTS - 1:
                     raise
-                await asyncio.sleep(0.2 * 2 ** attempt)
+                await asyncio.sleep(min(2.0, 0.2 * 2 ** attempt))
