@@ -47,8 +47,3 @@ class QuorumUnavailable(ServiceError):
         super().__init__(detail)
         self.indeterminate = indeterminate
         self.retry_after = retry_after
-
-
-class NotReady(ServiceError):
-    status = 503
-    error = "not_ready"

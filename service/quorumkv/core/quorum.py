@@ -45,9 +45,6 @@ class Config(NamedTuple):
         """Replies needed from the (first) member set; what `/v1/cluster` reports."""
         return len(self.members) // 2 + 1
 
-    def tolerated_failures(self) -> int:
-        return (len(self.members) - 1) // 2
-
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "members": sorted(self.members),
                 "joining": None if self.joining is None else sorted(self.joining),
