@@ -87,6 +87,7 @@ class Node:
         self.antientropy: AntiEntropy | None = None
         self.changer: MembershipChanger | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True,
@@ -114,11 +115,21 @@ class Node:
         assert self._session is not None
         for links in (self.links, self.forward_links):
             for peer in set(links) - config.voters:
-                del links[peer]
+                self._retire(links.pop(peer))
         for peer, url in config.url_map().items():
             if peer != self.settings.node_id:
-                self.links[peer] = self._link_for(peer, url)
-                self.forward_links[peer] = self._link_for(peer, url, forwarding=True)
+                for links, forwarding in ((self.links, False), (self.forward_links, True)):
+                    link = self._link_for(peer, url, forwarding=forwarding)
+                    old = links.get(peer)
+                    if old is not None and old is not link:
+                        self._retire(old)
+                    links[peer] = link
+
+    def _retire(self, link: PeerLink) -> None:
+        """Close a link nobody uses any more (a removed member, a changed URL)."""
+        task = asyncio.create_task(link.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _link_for(self, peer: str, url: str, *, forwarding: bool = False) -> PeerLink:
         """The link to `peer` at `url`: the voter's link, or a new one (e.g. to a leaver).
@@ -158,6 +169,10 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for link in [*self.links.values(), *self.forward_links.values()]:
+            await link.close()
+        for task in list(self._retiring):
+            await task
         if self._session is not None:
             await self._session.close()
         await self._committer.close()

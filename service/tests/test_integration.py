@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
+from quorumkv.replication.wire import pack_frame, unpack_frame
 from replicas import Replicas
 from yarl import URL
 
@@ -75,6 +76,26 @@ async def test_malformed_requests_get_4xx_and_change_nothing(cluster: Replicas) 
         assert (await status("GET", "/v1/kv/x"))[0] == 404
     for node in cluster.urls:
         assert cluster.status(node, "/healthz") == 200
+
+
+async def test_peer_stream_answers_frames_and_survives_garbage(cluster: Replicas) -> None:
+    """The replicas' own transport: a frame is answered like the same POST; a malformed frame
+    closes that stream only, and the replica goes on serving."""
+    stream = cluster.urls["1"] + "/internal/v1/stream"
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(stream) as ws:
+            await ws.send_bytes(pack_frame(7, 0, b"\xc1garbage"))
+            request_id, status, body = unpack_frame((await ws.receive_bytes(timeout=5)))
+            assert (request_id, status) == (7, 400) and b"malformed peer batch" in body
+            await ws.send_bytes(b"short")
+            assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE
+        async with http.ws_connect(stream) as ws:
+            await ws.send_str("text")
+            assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE
+    async with Client(cluster.urls["0"]) as client:
+        await client.put("after-garbage", b"v")
+    async with Client(cluster.urls["1"]) as client:
+        assert (await client.get("after-garbage")).value == b"v"  # type: ignore[union-attr]
 
 
 async def test_health_metrics_and_cluster_view(cluster: Replicas) -> None:
@@ -233,6 +254,11 @@ async def test_peer_endpoints_need_the_token(tmp_path: Path) -> None:
                 assert resp.status == 401
             async with http.post(url, data=b"x", headers={"Authorization": "Bearer no"}) as r:
                 assert r.status == 401
+            stream = replicas.urls["1"] + "/internal/v1/stream"
+            for headers in ({}, {"Authorization": "Bearer no"}):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(stream, headers=headers)
+                assert refused.value.status == 401
     finally:
         replicas.stop_all()
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from quorumkv.http import admin_api, client_api, peer_api
 from quorumkv.http.errors import errors_middleware
-from quorumkv.http.keys import NODE
+from quorumkv.http.keys import MAX_FRAME, NODE, STREAMS
 from quorumkv.node import Node
 from quorumkv.settings import ServeSettings
 
@@ -18,10 +18,12 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def make_app(settings: ServeSettings) -> web.Application:
-    app = web.Application(
-        middlewares=[errors_middleware, peer_api.auth_middleware],
-        client_max_size=max(settings.max_value_bytes * 2, MAX_BODY_BYTES),
-    )
+    max_body = max(settings.max_value_bytes * 2, MAX_BODY_BYTES)
+    app = web.Application(middlewares=[errors_middleware, peer_api.auth_middleware],
+                          client_max_size=max_body)
+    app[MAX_FRAME] = max_body
+    app[STREAMS] = set()
+    app.on_shutdown.append(peer_api.close_streams)
     app.add_routes(client_api.routes)
     app.add_routes(peer_api.routes)
     app.add_routes(admin_api.routes)

@@ -15,9 +15,13 @@ log = logging.getLogger("quorumkv.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def error_body(error: str, detail: str = "") -> bytes:
+    return orjson.dumps({"error": error, "detail": detail})
+
+
 def error_response(status: int, error: str, detail: str = "",
                    headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps({"error": error, "detail": detail}),
+    return web.Response(status=status, body=error_body(error, detail),
                         content_type="application/json", headers=headers)
 
 

@@ -1,17 +1,21 @@
-"""The peer endpoint: one request carries a batch of protocol messages, answered in order.
+"""The peer endpoints: a batch of protocol messages, answered in order.
 
-Acceptor messages are judged in order, then the whole batch waits for the group commit(s)
-holding its state changes, so one fsync usually covers the batch.
+Replicas keep a websocket (`/internal/v1/stream`) open to each other and send each batch as
+one frame; `POST /internal/v1/batch` answers the same batch as one request (for tools and
+tests: simpler to call, slower per batch). Acceptor messages are judged in order, then the
+whole batch waits for the group commit(s) holding its state changes, so one fsync usually
+covers the batch. Frames of one stream are answered concurrently, each as soon as it is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 
 import orjson
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from quorumkv.core.messages import (
     BucketQuery,
@@ -22,21 +26,26 @@ from quorumkv.core.messages import (
     Forwarded,
     ForwardFailed,
 )
-from quorumkv.errors import BadRequest, QuorumUnavailable
-from quorumkv.http.errors import Handler, error_response
-from quorumkv.http.keys import NODE
+from quorumkv.errors import QuorumUnavailable
+from quorumkv.http.errors import Handler, error_body, error_response
+from quorumkv.http.keys import MAX_FRAME, NODE, STREAMS
 from quorumkv.node import Node
-from quorumkv.replication.transport import BATCH_PATH
+from quorumkv.replication.stream import STREAM_PATH
 from quorumkv.replication.wire import (
     Failure,
     PeerReply,
+    pack_frame,
     pack_replies,
     unpack_envelope,
+    unpack_frame,
 )
 
 log = logging.getLogger("quorumkv.peer_api")
 
 INTERNAL_PREFIX = "/internal/"
+BATCH_PATH = "/internal/v1/batch"
+MSGPACK = "application/msgpack"
+JSON = "application/json"
 
 routes = web.RouteTableDef()
 
@@ -57,11 +66,59 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @routes.post(BATCH_PATH)
 async def batch(request: web.Request) -> web.Response:
+    status, body = await answer_batch(request.app[NODE], await request.read())
+    return web.Response(status=status, body=body,
+                        content_type=MSGPACK if status == 200 else JSON)
+
+
+@routes.get(STREAM_PATH)
+async def stream(request: web.Request) -> web.WebSocketResponse:
+    """Answer every binary frame (a batch) with a frame of the same id, concurrently."""
     node = request.app[NODE]
+    ws = web.WebSocketResponse(max_msg_size=request.app[MAX_FRAME], compress=False)
+    await ws.prepare(request)
+    request.app[STREAMS].add(ws)
+    answering: set[asyncio.Task[None]] = set()
     try:
-        envelope = unpack_envelope(await request.read())
+        async for msg in ws:
+            if msg.type is not WSMsgType.BINARY:
+                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames only")
+                break
+            try:
+                request_id, _, body = unpack_frame(msg.data)
+            except ValueError as exc:
+                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=str(exc).encode())
+                break
+            task = asyncio.create_task(_answer_frame(node, ws, request_id, body))
+            answering.add(task)
+            task.add_done_callback(answering.discard)
+    finally:
+        request.app[STREAMS].discard(ws)
+    return ws
+
+
+async def close_streams(app: web.Application) -> None:
+    """On shutdown: peers reconnect elsewhere or later; nothing waits for these."""
+    streams: set[web.WebSocketResponse] = app[STREAMS]
+    for ws in list(streams):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"replica shutting down")
+
+
+async def _answer_frame(node: Node, ws: web.WebSocketResponse, request_id: int,
+                        body: bytes) -> None:
+    status, answer = await answer_batch(node, body)
+    if not ws.closed:  # the sender gave up on this stream; it retries on a new one
+        with contextlib.suppress(ConnectionError):
+            await ws.send_bytes(pack_frame(request_id, status, answer))
+
+
+async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
+    """(status, body) for one batch: 200 and the replies, 400 if malformed, 409 if made
+    under another configuration or by an unknown identity."""
+    try:
+        envelope = unpack_envelope(data)
     except ValueError as exc:
-        raise BadRequest(f"malformed peer batch: {exc}") from None
+        return 400, error_body("bad_request", f"malformed peer batch: {exc}")
     membership = node.membership
     if envelope.config.epoch > membership.config.epoch:
         adopted = membership.adopt(envelope.config)
@@ -104,8 +161,7 @@ async def batch(request: web.Request) -> web.Response:
         await asyncio.gather(*(asyncio.shield(w) for w in waits))
     for index, task in forwarded.items():
         replies[index] = await task
-    return web.Response(body=pack_replies(node.incarnation, replies),
-                        content_type="application/msgpack")
+    return 200, pack_replies(node.incarnation, replies)
 
 
 async def _run_forwarded(node: Node, message: Forward) -> PeerReply:
@@ -119,9 +175,10 @@ async def _run_forwarded(node: Node, message: Forward) -> PeerReply:
     return Forwarded(outcome, register)
 
 
-def _refuse(node: Node, error: str, detail: str) -> web.Response:
+def _refuse(node: Node, error: str, detail: str) -> tuple[int, bytes]:
     """409 with our configuration, so the sender can adopt it if it is newer."""
-    body = {"error": error, "detail": detail, "config": node.membership.config.to_json()}
-    return web.Response(status=409, body=orjson.dumps(body), content_type="application/json")
+    return 409, orjson.dumps({"error": error, "detail": detail,
+                              "config": node.membership.config.to_json()})
+
 
 

@@ -1,13 +1,18 @@
 """The peer protocol's encoding: msgpack, so values travel as raw bytes, not base64.
 
-A batch is one HTTP request `POST /internal/v1/batch` whose body is an envelope
-`{"from", "inc", "config", "msgs": [...]}` (the configuration every message of the batch was
-made under); the reply is `{"inc", "replies": [...]}` in the same order. Decoding is strict:
-a malformed message raises `ValueError`, never anything else.
+A batch is an envelope `{"from", "inc", "config", "msgs": [...]}` (the configuration every
+message of the batch was made under); the reply is `{"inc", "replies": [...]}` in the same
+order. Decoding is strict: a malformed message raises `ValueError`, never anything else.
+
+A batch travels either as the body of `POST /internal/v1/batch` or, between replicas, as one
+binary frame on the websocket `GET /internal/v1/stream`: a 10-byte header (request id,
+status; big-endian) then the body. A request frame has status 0; its reply frame carries the
+same id and the HTTP status the POST would have had, so both forms answer alike.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any, NamedTuple
 
 import msgpack
@@ -206,3 +211,18 @@ def unpack_replies(data: bytes) -> tuple[str, list[PeerReply | Failure]]:
         return body["inc"], [decode_reply(r) for r in body["replies"]]
     except (TypeError, KeyError, IndexError, AttributeError) as exc:  # wrong shapes
         raise ValueError(f"malformed replies: {exc!r}") from None
+
+
+FRAME_HEADER = struct.Struct(">QH")  # request id, status
+
+
+def pack_frame(request_id: int, status: int, body: bytes) -> bytes:
+    return FRAME_HEADER.pack(request_id, status) + body
+
+
+def unpack_frame(data: bytes) -> tuple[int, int, bytes]:
+    """(request id, status, body) of a stream frame; `ValueError` if it is too short."""
+    if len(data) < FRAME_HEADER.size:
+        raise ValueError(f"a stream frame needs a {FRAME_HEADER.size}-byte header")
+    request_id, status = FRAME_HEADER.unpack_from(data)
+    return request_id, status, data[FRAME_HEADER.size:]
