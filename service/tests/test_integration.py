@@ -85,7 +85,7 @@ async def test_peer_stream_answers_frames_and_survives_garbage(cluster: Replicas
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(stream) as ws:
             await ws.send_bytes(pack_frame(7, 0, b"\xc1garbage"))
-            request_id, status, body = unpack_frame((await ws.receive_bytes(timeout=5)))
+            request_id, status, body = unpack_frame(await ws.receive_bytes(timeout=5))
             assert (request_id, status) == (7, 400) and b"malformed peer batch" in body
             await ws.send_bytes(b"short")
             assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE

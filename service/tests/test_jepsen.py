@@ -304,6 +304,12 @@ def _quorumkv_available() -> bool:
 needs_server = pytest.mark.skipif(not _quorumkv_available(), reason="quorumkv serve missing")
 
 
+def _timeout(default_duration_s: float, budget_s: float) -> pytest.MarkDecorator:
+    """A pytest timeout that grows with QKV_JEPSEN_DURATION, so longer runs are possible."""
+    duration = float(os.environ.get("QKV_JEPSEN_DURATION", default_duration_s))
+    return pytest.mark.timeout(budget_s + max(0.0, duration - default_duration_s))
+
+
 def _show(result: RunResult) -> None:
     print("\n" + result.summary() + f"\n(history and replica logs: {result.config.workdir})")
 
@@ -311,7 +317,7 @@ def _show(result: RunResult) -> None:
 @needs_linux
 @needs_server
 @pytest.mark.jepsen
-@pytest.mark.timeout(240)
+@_timeout(60.0, 240)
 async def test_linearizable_and_available_under_faults(tmp_path: Path) -> None:
     """Kill -9, pause, partition and bridge one replica of three at a time — and now and then
     kill -9 all three at once (power loss: nothing acknowledged may be lost) — while 12
@@ -340,7 +346,7 @@ async def test_linearizable_and_available_under_faults(tmp_path: Path) -> None:
 @needs_linux
 @needs_server
 @pytest.mark.jepsen
-@pytest.mark.timeout(180)
+@_timeout(50.0, 180)
 async def test_linearizable_while_scaling_3_5_3_1_3_under_crashes_and_pauses(
     tmp_path: Path,
 ) -> None:
