@@ -11,6 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
+from quorumkv.replication import stream as stream_module
+from quorumkv.replication.stream import PeerStream, StreamBroken
 from quorumkv.replication.wire import pack_frame, unpack_frame
 from replicas import Replicas
 from yarl import URL
@@ -96,6 +98,29 @@ async def test_peer_stream_answers_frames_and_survives_garbage(cluster: Replicas
         await client.put("after-garbage", b"v")
     async with Client(cluster.urls["1"]) as client:
         assert (await client.get("after-garbage")).value == b"v"  # type: ignore[union-attr]
+
+
+async def test_a_peer_stream_reconnects_and_closes_when_idle(
+    cluster: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream_module, "IDLE_CLOSE", 0.3)
+    async with aiohttp.ClientSession() as http:
+        peer = PeerStream(cluster.urls["2"], http, {}, max_frame=1 << 20)
+        status, _ = await peer.request(b"\xc1not a batch", timeout=5)
+        assert status == 400 and peer.connected
+        deadline = time.monotonic() + 5
+        while peer.connected:  # nobody uses it: it closes itself
+            assert time.monotonic() < deadline, "an idle stream stayed open"
+            await asyncio.sleep(0.1)
+        status, _ = await peer.request(b"\xc1not a batch", timeout=5)  # and opens again
+        assert status == 400 and peer.connected
+        cluster.kill("2")
+        with pytest.raises(StreamBroken):  # on the dead stream, or refused if already noticed
+            await peer.request(b"\xc1not a batch", timeout=5)
+        with pytest.raises(StreamBroken) as refused:
+            await peer.request(b"\xc1not a batch", timeout=5)
+        assert not refused.value.sent  # nobody listens: it certainly never left
+        await peer.close()
 
 
 async def test_health_metrics_and_cluster_view(cluster: Replicas) -> None:

@@ -44,6 +44,8 @@ class _Connection:
         self.ws = ws
         self.pending: dict[int, asyncio.Future[Reply]] = {}
         self.reader: asyncio.Task[None] | None = None
+        self.last_request = asyncio.get_running_loop().time()
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     def fail(self, reason: str) -> None:
         pending, self.pending = self.pending, {}
@@ -65,6 +67,10 @@ class PeerStream:
         self._ids = itertools.count(1)
         self._closing: set[asyncio.Task[bool]] = set()
 
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.ws.closed
+
     async def request(self, body: bytes, timeout: float) -> Reply:
         """Send `body` as one frame and return the answer's (status, body) within `timeout`
         seconds; raises `StreamBroken`."""
@@ -76,6 +82,7 @@ class PeerStream:
         except TimeoutError:
             raise StreamBroken(f"no stream within {timeout:g} s", sent=False) from None
         request_id = next(self._ids)
+        conn.last_request = loop.time()
         answer: asyncio.Future[Reply] = loop.create_future()
         conn.pending[request_id] = answer
         try:
@@ -108,25 +115,21 @@ class PeerStream:
                 raise StreamBroken(f"{type(exc).__name__}: {exc}", sent=False) from None
             conn = self._conn = _Connection(ws)
             conn.reader = asyncio.create_task(self._read(conn), name=f"stream {self.url}")
+            conn.idle_timer = asyncio.get_running_loop().call_later(
+                IDLE_CLOSE, self._close_if_idle, conn)
             return conn
 
     async def _read(self, conn: _Connection) -> None:
-        """Hand each answer to its request until the stream ends or idles out."""
+        """Hand each answer to its request until the stream ends.
+
+        No timeout on `receive`: aiohttp's per-call timeout costs about as much as the
+        receive itself; idleness is checked by a timer instead (`_close_if_idle`)."""
         reason = "the peer closed the stream"
         try:
-            while True:
-                try:
-                    msg = await conn.ws.receive(timeout=IDLE_CLOSE)
-                except TimeoutError:
-                    if conn.pending:
-                        continue
-                    reason = "idle"
-                    break
+            async for msg in conn.ws:
                 if msg.type is not aiohttp.WSMsgType.BINARY:
-                    if msg.type is aiohttp.WSMsgType.ERROR:
-                        reason = f"stream error: {conn.ws.exception()}"
-                    elif msg.type is aiohttp.WSMsgType.TEXT:
-                        reason = "unexpected text frame"
+                    reason = (f"stream error: {conn.ws.exception()}"
+                              if msg.type is aiohttp.WSMsgType.ERROR else "unexpected text frame")
                     break
                 try:
                     request_id, status, body = unpack_frame(msg.data)
@@ -140,10 +143,23 @@ class PeerStream:
             reason = f"{type(exc).__name__}: {exc}"
         self._drop(conn, reason)
 
+    def _close_if_idle(self, conn: _Connection) -> None:
+        if self._conn is not conn:
+            return
+        loop = asyncio.get_running_loop()
+        idle_until = conn.last_request + IDLE_CLOSE
+        if conn.pending or loop.time() < idle_until:
+            conn.idle_timer = loop.call_at(max(idle_until, loop.time() + 1.0),
+                                           self._close_if_idle, conn)
+        else:
+            self._drop(conn, "idle")
+
     def _drop(self, conn: _Connection, reason: str) -> None:
         """Fail what waits on `conn` and close it in the background."""
         if self._conn is conn:
             self._conn = None
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
         conn.fail(reason)
         if not conn.ws.closed:
             task = asyncio.create_task(conn.ws.close())
