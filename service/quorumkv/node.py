@@ -87,7 +87,6 @@ class Node:
         self.antientropy: AntiEntropy | None = None
         self.changer: MembershipChanger | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._retiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True,
@@ -113,23 +112,15 @@ class Node:
     def _link_voters(self, config: Config) -> None:
         """A link to every voter but us (a change's driver reaches leavers on its own)."""
         assert self._session is not None
+        # a dropped link is not closed here: a membership change may still be using it to
+        # reach a leaver; its stream closes itself once idle
         for links in (self.links, self.forward_links):
             for peer in set(links) - config.voters:
-                self._retire(links.pop(peer))
+                del links[peer]
         for peer, url in config.url_map().items():
             if peer != self.settings.node_id:
-                for links, forwarding in ((self.links, False), (self.forward_links, True)):
-                    link = self._link_for(peer, url, forwarding=forwarding)
-                    old = links.get(peer)
-                    if old is not None and old is not link:
-                        self._retire(old)
-                    links[peer] = link
-
-    def _retire(self, link: PeerLink) -> None:
-        """Close a link nobody uses any more (a removed member, a changed URL)."""
-        task = asyncio.create_task(link.close())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+                self.links[peer] = self._link_for(peer, url)
+                self.forward_links[peer] = self._link_for(peer, url, forwarding=True)
 
     def _link_for(self, peer: str, url: str, *, forwarding: bool = False) -> PeerLink:
         """The link to `peer` at `url`: the voter's link, or a new one (e.g. to a leaver).
@@ -171,8 +162,6 @@ class Node:
                 await task
         for link in [*self.links.values(), *self.forward_links.values()]:
             await link.close()
-        for task in list(self._retiring):
-            await task
         if self._session is not None:
             await self._session.close()
         await self._committer.close()
