@@ -106,7 +106,11 @@ async def close_streams(app: web.Application) -> None:
 
 async def _answer_frame(node: Node, ws: web.WebSocketResponse, request_id: int,
                         body: bytes) -> None:
-    status, answer = await answer_batch(node, body)
+    try:
+        status, answer = await answer_batch(node, body)
+    except Exception:  # a bug: answer as the POST would (500), never leave the sender waiting
+        log.exception("unexpected error answering a peer frame")
+        status, answer = 500, error_body("internal_error", "see the replica's log")
     if not ws.closed:  # the sender gave up on this stream; it retries on a new one
         with contextlib.suppress(ConnectionError):
             await ws.send_bytes(pack_frame(request_id, status, answer))
