@@ -63,6 +63,19 @@ def _claim_size(sts: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def sts_replicas(sts: Mapping[str, Any] | None) -> int | None:
+    """The StatefulSet's `spec.replicas` (None: no StatefulSet)."""
+    return int((sts.get("spec") or {}).get("replicas") or 0) if sts else None
+
+
+async def probe_pods(kube: Kube, settings: Settings, spec: ClusterSpec,
+                     members: frozenset[int]) -> list[Member]:
+    """Every pod up to the highest known member (or `spec.replicas`), probed."""
+    pods = await asyncio.to_thread(kube.pods, spec.namespace, builders.selector_string(spec.name))
+    listed = max(members) + 1 if members else spec.replicas
+    return await observe_members(spec.name, pods, listed, timeout=settings.probe_timeout)
+
+
 def newest_config(views: Mapping[int, Mapping[str, Any]]) -> scaling.Config | None:
     configs = [c for c in (scaling.Config.from_json(v.get("config")) for v in views.values())
                if c is not None]
@@ -76,9 +89,7 @@ async def observe(
     """Everything the scaling resolver and the status need, read in one go."""
     previous = body.get("status") or {}
     recorded = scaling.recorded_members(previous)
-    pods = await asyncio.to_thread(kube.pods, spec.namespace, builders.selector_string(spec.name))
-    listed = max(recorded) + 1 if recorded else spec.replicas
-    members = await observe_members(spec.name, pods, listed, timeout=settings.probe_timeout)
+    members = await probe_pods(kube, settings, spec, recorded)
     token = await asyncio.to_thread(kube.secret_value, builders.token_secret_name(spec.name),
                                     spec.namespace, builders.TOKEN_KEY)
     views = await memberships(members, token, timeout=settings.probe_timeout)
@@ -88,7 +99,7 @@ async def observe(
                                  for o, v in views.items()) if c is not None}
     obs = scaling.Observed(
         requested=spec.replicas,
-        sts_replicas=int((sts.get("spec") or {}).get("replicas") or 0) if sts else None,
+        sts_replicas=sts_replicas(sts),
         config=newest_config(views), changes=changes,
         replicas={m.ordinal: scaling.Replica(alive=m.reply is not None,
                                              ready=bool(m.reply and m.reply.get("ready")))
@@ -217,11 +228,9 @@ async def refresh(
         spec = ClusterSpec.from_body(body, settings.default_image)
         sts = await asyncio.to_thread(kube.statefulset, name, namespace)
         plan = scaling.Plan.recorded(
-            previous, int((sts.get("spec") or {}).get("replicas") or 0) if sts else None)
+            previous, sts_replicas(sts))
         generation = int(previous["observedGeneration"])
-        pods = await asyncio.to_thread(kube.pods, namespace, builders.selector_string(name))
-        listed = max(plan.members) + 1 if plan.members else spec.replicas
-        members = await observe_members(name, pods, listed, timeout=settings.probe_timeout)
+        members = await probe_pods(kube, settings, spec, plan.members)
         new_status = compute_status(body, spec, sts, members, plan, generation,
                                     bootstrap_members(body, sts, spec.replicas))
         new_status["lastProbeTime"] = previous.get("lastProbeTime") or now_iso()

@@ -174,12 +174,9 @@ class Coordinator:
         try:
             async with asyncio.timeout(remaining + FORWARD_GRACE):
                 reply = await asyncio.shield(link.call(Forward(key, change)))
-        except PeerUnavailable as exc:
-            if not exc.sent:
+        except (PeerUnavailable, TimeoutError) as exc:
+            if isinstance(exc, PeerUnavailable) and not exc.sent:
                 raise NotDelivered from None
-            raise QuorumUnavailable(f"the home replica of {key!r} did not answer ({exc}); the "
-                                    "change may still take effect", indeterminate=True) from None
-        except TimeoutError as exc:
             raise QuorumUnavailable(f"the home replica of {key!r} did not answer ({exc}); the "
                                     "change may still take effect", indeterminate=True) from None
         if isinstance(reply, Forwarded):

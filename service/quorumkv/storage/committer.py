@@ -43,8 +43,7 @@ class GroupCommitter:
         self._inflight_done: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
-        self._last_size = 0  # states in the previous commit: how busy we are
-        self._last_seconds = 0.0  # how long it took: how healthy the disk is
+        self._last_small_and_quick = True  # the previous commit: an idle replica, a sound disk
 
     def stage(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
         self._pending[key] = state
@@ -83,14 +82,14 @@ class GroupCommitter:
                 try:
                     self._storage.write(self._inflight, meta)
                     size = len(self._inflight) + len(meta)
-                    if size <= INLINE_SYNC_MAX and self._last_size <= INLINE_SYNC_MAX \
-                            and self._last_seconds < INLINE_SYNC_SLOW:
+                    if size <= INLINE_SYNC_MAX and self._last_small_and_quick:
                         await asyncio.sleep(0)  # what this step queued to send goes out first
                         self._storage.sync()
                     else:
                         await loop.run_in_executor(self._executor, self._storage.sync)
-                    self._last_size = size
-                    self._last_seconds = time.perf_counter() - started
+                    seconds = time.perf_counter() - started
+                    self._last_small_and_quick = size <= INLINE_SYNC_MAX \
+                        and seconds < INLINE_SYNC_SLOW
                 except Exception as exc:
                     self.failure = exc
                     done.set_exception(exc)
@@ -98,7 +97,7 @@ class GroupCommitter:
                         self._pending_done.set_exception(exc)
                     raise
                 if self._observe is not None:
-                    self._observe(len(self._inflight) + len(meta), time.perf_counter() - started)
+                    self._observe(size, seconds)
                 self._inflight, self._inflight_done = {}, None
                 done.set_result(None)
         finally:
