@@ -3,6 +3,7 @@ object with distinct priorities, exactly one acts, and a KVCluster is reconciled
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import pytest
 from conftest import PULL_POLICY, VOLUME_PERMISSIONS, _image_parts
 from kube import CHART, Kubectl, run, wait_for
+
+PEERING_SETTLE_SECONDS = 5.0
 
 SAMPLE = """
 apiVersion: quorumkv.dev/v1alpha1
@@ -43,6 +46,12 @@ def peers(k: Kubectl) -> dict[str, Any]:
     return dict((obj or {}).get("status") or {})
 
 
+def operator_logs(k: Kubectl) -> list[str]:
+    pods = k("get", "pods", "-l", "app.kubernetes.io/name=quorumkv-operator",
+             "-o", "name").stdout.split()
+    return [k("logs", pod, check=False).stdout for pod in pods]
+
+
 def test_two_operators_peer_with_distinct_priorities(ha: Kubectl) -> None:
     def both() -> dict[str, Any] | None:
         p = peers(ha)
@@ -51,12 +60,12 @@ def test_two_operators_peer_with_distinct_priorities(ha: Kubectl) -> None:
                      seen=lambda: peers(ha))
     priorities = [v["priority"] for v in found.values()]
     assert len(set(priorities)) == 2, found
+    # both in the status is not yet both having read it: the lower one pauses when its watch
+    # of the peering object delivers the other's entry; waiting on its log line proved unreliable
+    time.sleep(PEERING_SETTLE_SECONDS)
     ha.apply(SAMPLE)
     wait_for(lambda: ((ha.get("kvc", "ha") or {}).get("status") or {}).get("phase"),
              timeout=60, what="the active operator to reconcile KVCluster ha")
     assert ha.get("statefulset", "ha") is not None
-    logs = [ha("logs", pod, check=False).stdout for pod in
-            ha("get", "pods", "-l", "app.kubernetes.io/name=quorumkv-operator",
-               "-o", "name").stdout.split()]
-    acting = [log for log in logs if '"reconciled"' in log]
+    acting = [log for log in operator_logs(ha) if '"reconciled"' in log]
     assert len(acting) == 1, "exactly one operator replica acts"
