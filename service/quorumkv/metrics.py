@@ -41,6 +41,12 @@ class Metrics:
                           registry=r)
         self.repairs = Counter("quorumkv_antientropy_repairs",
                                "Keys repaired through the protocol by anti-entropy", registry=r)
+        self.tombstones = Gauge("quorumkv_tombstones",
+                                "Deleted keys whose tombstone this replica still holds",
+                                registry=r)
+        self.tombstones_collected = Counter(
+            "quorumkv_tombstones_collected",
+            "Tombstones this replica had every voter forget (as the keys' home)", registry=r)
         self.ready = Gauge("quorumkv_ready", "1 when this replica is ready to serve",
                            registry=r)
         self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}

@@ -21,6 +21,7 @@ from quorumkv.replication.coordinator import FORWARD_GRACE, Coordinator
 from quorumkv.replication.local_acceptor import META_FLOOR, LocalAcceptor
 from quorumkv.replication.membership import Membership, config_from_meta, known_from_meta
 from quorumkv.replication.reconfig import MembershipChanger
+from quorumkv.replication.tombstones import TombstoneCollector
 from quorumkv.replication.transport import PeerLink
 from quorumkv.settings import ServeSettings
 from quorumkv.storage.base import Storage
@@ -72,6 +73,8 @@ class Node:
         self._committer = GroupCommitter(storage, self.metrics.observe_commit)
         self.local = LocalAcceptor(self._committer, storage.load(),
                                    int(storage.get_meta(META_FLOOR) or "0"))
+        self.metrics.keys.set_function(lambda: len(self.local))
+        self.metrics.tombstones.set_function(lambda: len(self.local.tombstones))
         config = config_from_meta(storage.get_meta) or bootstrap_config(settings)
         self.membership = Membership(
             settings.node_id, self.incarnation, config,
@@ -102,9 +105,13 @@ class Node:
                                        on_repair=self.metrics.repairs.inc)
         self.changer = MembershipChanger(self.membership, self.local, self.coordinator,
                                          self._link_for)
+        collector = TombstoneCollector(self.membership, self.local, self.links, self.coordinator,
+                                       self.settings.tombstone_ttl,
+                                       on_purge=self.metrics.tombstones_collected.inc)
         self._tasks = [asyncio.create_task(self._bootstrap(), name="bootstrap"),
                        asyncio.create_task(self._heartbeat(), name="heartbeat"),
-                       asyncio.create_task(self.antientropy.run(), name="anti-entropy")]
+                       asyncio.create_task(self.antientropy.run(), name="anti-entropy"),
+                       asyncio.create_task(collector.run(), name="tombstones")]
         log.info("replica started", extra={
             "node": self.settings.node_id, "incarnation": self.incarnation, "boot": self.boot,
             "members": sorted(self.membership.config.voters), "keys": len(self.local)})
@@ -187,7 +194,6 @@ class Node:
             await asyncio.gather(*(link.heartbeat() for link in self.links.values()))
             for peer, link in self.links.items():
                 self.metrics.peer_reachable.labels(peer).set(1 if link.reachable else 0)
-            self.metrics.keys.set(len(self.local))
             self.metrics.ready.set(1 if self.ready else 0)
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 

@@ -36,6 +36,8 @@ class ServeSettings:
     max_value_bytes: int = MAX_VALUE_BYTES
     antientropy_interval: float = 10.0
     """Seconds between anti-entropy rounds with a random peer (after the start-up round)."""
+    tombstone_ttl: float = 60.0
+    """Seconds a deleted key's tombstone is kept before every voter forgets it."""
     volatile: bool = False
     """UNSAFE, tests only: keep the Paxos state in memory (amnesia on restart)."""
     log_level: str = "INFO"

@@ -6,8 +6,12 @@ delays, reorders and duplicates messages; acceptors crash and restart exactly as
 they keep what was committed (accepted states and the promise floor) and lose the promises
 kept in memory (or, in the deliberately broken mode, everything). One seed decides it all.
 
+A collector purges tombstones as `replication.tombstones` does: it reads the key from every
+acceptor and, if all hold the same tombstone, asks each to forget it (`acceptor.purge_floor`).
+
 The checks are exact because every register carries its lineage: each written version records
-the version it was computed from. Then (1) every value chosen by a quorum must descend from
+the version it was computed from (a value computed from "absent" after a purge, from the
+purged tombstone). Then (1) every value chosen by a quorum must descend from
 every value chosen at a lower ballot, and (2) an operation that completed before another
 began must be in the later one's lineage (real-time order, the heart of linearizability).
 """
@@ -25,7 +29,7 @@ from quorumkv.core import acceptor, proposer
 from quorumkv.core.acceptor import INITIAL, AcceptorState
 from quorumkv.core.ballot import Ballot
 from quorumkv.core.changes import Change, Delete, Identity, Put
-from quorumkv.core.messages import Accept, Prepare, Read, Reply, Request
+from quorumkv.core.messages import Accept, Prepare, Purge, Read, Reply, Request
 from quorumkv.core.quorum import Config
 
 
@@ -38,6 +42,17 @@ class Faults:
     downtime: int = 50
     amnesia: bool = False  # BROKEN on purpose: a restarted acceptor forgets everything
     no_floor: bool = False  # BROKEN on purpose: promises are lost on restart, no floor
+    collect_rate: float = 0.0  # per tick: the collector tries to purge one key's tombstone
+    collect_on_quorum: bool = False  # BROKEN on purpose: purge once a quorum holds it
+    purge_without_floor: bool = False  # BROKEN on purpose: a purge forgets the key's promise
+
+
+@dataclasses.dataclass
+class Collection:
+    key: str
+    deadline: int
+    replies: dict[str, acceptor.Promise] = dataclasses.field(default_factory=dict)
+    done: bool = False
 
 
 @dataclasses.dataclass
@@ -76,6 +91,10 @@ class Simulation:
         self.state: dict[str, dict[str, AcceptorState]] = {n: {} for n in self.nodes}
         self.persisted: dict[str, dict[str, AcceptorState]] = {n: {} for n in self.nodes}
         self.floor: dict[str, int] = {n: 0 for n in self.nodes}
+        # what a key an acceptor holds nothing for counts as promised at: the floor of its
+        # last restart, raised by purges (as `LocalAcceptor` does; prepares raise only the
+        # durable floor, for the keys they promise)
+        self.initial: dict[str, int] = {n: 0 for n in self.nodes}
         self.down_until: dict[str, int] = {}
         self.keys = [f"k{i}" for i in range(keys)]
         self.clients = [ClientState(i, f"c{i}", ops) for i in range(clients)]
@@ -88,6 +107,9 @@ class Simulation:
         self.chosen: dict[str, list[tuple[Ballot, Ballot | None]]] = defaultdict(list)
         self.values = 0
         self.problems: list[str] = []
+        self.collections: list[Collection] = []
+        self.purged_head: dict[str, Ballot] = {}  # key -> version of its last purged tombstone
+        self.purged = 0
 
     # -- network ---------------------------------------------------------------------------
     def send(self, event: tuple[Any, ...]) -> None:
@@ -107,7 +129,7 @@ class Simulation:
         if self.is_down(node):
             return
         states = self.state[node]
-        state = states.get(request.key, acceptor.restored(INITIAL, self.floor[node]))
+        state = states.get(request.key, acceptor.restored(INITIAL, self.initial[node]))
         reply: Reply
         if isinstance(request, Read):
             reply = acceptor.Promise(state.accepted, state.register)
@@ -126,6 +148,56 @@ class Simulation:
         states[request.key] = state
         self.send(("reply", client, node, request, reply))
 
+    def deliver_collect(self, index: int, node: str, request: Read | Purge) -> None:
+        if self.is_down(node):
+            return
+        state = self.state[node].get(request.key)
+        if isinstance(request, Read):
+            state = state or acceptor.restored(INITIAL, self.initial[node])
+            self.send(("collected", index, node, acceptor.Promise(state.accepted, state.register)))
+            return
+        need = None if state is None else acceptor.purge_floor(state, request.accepted)
+        if need is not None:  # the row's removal and the floor: one durable commit
+            if not self.faults.purge_without_floor:
+                self.floor[node] = max(self.floor[node], need)
+                self.initial[node] = max(self.initial[node], need)
+            del self.state[node][request.key]
+            self.persisted[node].pop(request.key, None)
+            self.purged += 1
+
+    def start_collection(self) -> None:
+        key = self.rng.choice(self.keys)
+        self.collections.append(Collection(key, self.now + 100))
+        for node in self.nodes:
+            self.send(("collect", len(self.collections) - 1, node, Read(key)))
+
+    def deliver_collected(self, index: int, node: str, reply: acceptor.Promise) -> None:
+        collection = self.collections[index]
+        if collection.done or self.now > collection.deadline:
+            return
+        collection.replies[node] = reply
+        needed = self.config.is_quorum(set(collection.replies)) \
+            if self.faults.collect_on_quorum else len(collection.replies) == len(self.nodes)
+        if not needed:
+            return
+        collection.done = True
+        accepted = {r.accepted for r in collection.replies.values()}
+        registers = {r.register for r in collection.replies.values()}
+        if len(accepted) != 1 or len(registers) != 1:
+            return
+        register, ballot = registers.pop(), accepted.pop()
+        if not acceptor.is_tombstone(acceptor.Promise(ballot, register)):
+            return
+        head = self.absent_version(collection.key, register.version)
+        if head is not None:
+            self.purged_head[collection.key] = head
+        for target in self.nodes:
+            self.send(("collect", index, target, Purge(collection.key, ballot)))
+
+    def absent_version(self, key: str, version: Ballot | None) -> Ballot | None:
+        """What a version of None stands for: the last purged tombstone of the key, if any."""
+        return self.purged_head.get(key) if version is None else version
+
     def note_accept(self, node: str, request: Accept) -> None:
         slot = (request.key, request.ballot)
         register, nodes = self.accepted_at.setdefault(slot, (request.register, set()))
@@ -135,7 +207,8 @@ class Simulation:
         before = self.config.is_quorum(nodes)
         nodes.add(node)
         if not before and self.config.is_quorum(nodes):
-            self.chosen[request.key].append((request.ballot, request.register.version))
+            self.chosen[request.key].append(
+                (request.ballot, self.absent_version(request.key, request.register.version)))
 
     def maybe_crash(self) -> None:
         for node in self.nodes:
@@ -147,8 +220,9 @@ class Simulation:
             self.down_until[node] = self.now + self.faults.downtime
             if self.faults.amnesia:
                 self.state[node], self.persisted[node], self.floor[node] = {}, {}, 0
+                self.initial[node] = 0
             else:  # promises in memory are lost; the floor covers them
-                floor = self.floor[node]
+                floor = self.initial[node] = self.floor[node]
                 self.state[node] = {key: acceptor.restored(state, floor)
                                     for key, state in self.persisted[node].items()}
 
@@ -193,7 +267,8 @@ class Simulation:
             assert client.proposal is not None
             best = client.proposal.best
             base = best.register if best is not None else client.fast_base
-            self.parent[(message.key, message.ballot)] = base.version
+            self.parent[(message.key, message.ballot)] = self.absent_version(message.key,
+                                                                             base.version)
         for node in self.nodes:
             self.send(("request", client.index, node, message))
 
@@ -201,7 +276,8 @@ class Simulation:
         assert client.op is not None
         client.op.completed = self.now
         client.op.outcome = outcome
-        client.op.version = version
+        client.op.version = self.absent_version(client.op.key, version) \
+            if outcome == "ok" else version
         client.op = None
         client.proposal = None
         client.fast_base = None
@@ -254,12 +330,18 @@ class Simulation:
             if all(c.ops_left == 0 and c.op is None for c in self.clients):
                 return
             self.maybe_crash()
+            if self.rng.random() < self.faults.collect_rate:
+                self.start_collection()
             for client in self.clients:
                 self.tick_client(client)
             while self.queue and self.queue[0][0] <= self.now:
                 _, _, event = heapq.heappop(self.queue)
                 if event[0] == "request":
                     self.deliver_request(event[1], event[2], event[3])
+                elif event[0] == "collect":
+                    self.deliver_collect(event[1], event[2], event[3])
+                elif event[0] == "collected":
+                    self.deliver_collected(event[1], event[2], event[3])
                 elif not self.is_down(event[2]):
                     self.deliver_reply(event[1], event[2], event[3], event[4])
             self.now += 1
@@ -295,4 +377,5 @@ class Simulation:
         for op in self.history:
             counts[op.outcome] += 1
         counts["chosen"] = sum(len(c) for c in self.chosen.values())
+        counts["purged"] = self.purged
         return dict(counts)

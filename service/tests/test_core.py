@@ -205,3 +205,24 @@ def test_promise_floor_covers_promises_lost_in_a_restart() -> None:
     assert isinstance(reply, Conflict)  # what it promised not to accept, it still refuses
     kept = acceptor.restored(promised._replace(promised=Ballot(20, "a", 1)), floor=10)
     assert kept.promised == Ballot(20, "a", 1)
+
+
+def test_purge_forgets_only_the_checked_tombstone_and_covers_its_promise() -> None:
+    deleted, _ = apply_change(Delete(None), Register(b"v", B1), Ballot(7, "a", 1))
+    tombstone = acceptor.AcceptorState(Ballot(8, "a", 1), Ballot(7, "a", 1), deleted)
+    assert acceptor.is_tombstone(tombstone)
+    floor = acceptor.purge_floor(tombstone, Ballot(7, "a", 1))
+    assert floor is not None
+    forgotten = acceptor.restored(INITIAL, floor)  # what a purged acceptor holds for the key
+    for ballot in (Ballot(7, "a", 1), Ballot(8, "a", 1), Ballot(8, "z", 9)):
+        _, reply = acceptor.prepare(forgotten, ballot)
+        assert isinstance(reply, Conflict)  # it still refuses what it promised to refuse
+        _, reply = acceptor.accept(forgotten, ballot, Register(b"old", B1), None)
+        assert isinstance(reply, Conflict)
+    _, reply = acceptor.prepare(forgotten, Ballot(floor, "b", 1))
+    assert reply == Promise(ZERO, EMPTY)  # later proposals start from "absent"
+    # kept: accepted at another ballot since the check, or not a tombstone at all
+    assert acceptor.purge_floor(tombstone, Ballot(6, "a", 1)) is None
+    live = tombstone._replace(register=Register(b"back", Ballot(7, "a", 1)))
+    assert acceptor.purge_floor(live, Ballot(7, "a", 1)) is None
+    assert acceptor.purge_floor(INITIAL, ZERO) is None

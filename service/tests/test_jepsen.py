@@ -341,6 +341,7 @@ async def test_linearizable_and_available_under_faults(tmp_path: Path) -> None:
         if (window.end_ns - window.start_ns) >= 2e9 and sent:
             assert answered > 0, f"no answers from healthy nodes during {window}"
     assert not result.unexpected, f"unexpected statuses: {dict(result.unexpected)}"
+    assert result.tombstones_collected > 0, "no tombstone was collected under faults"
 
 
 @needs_linux

@@ -21,6 +21,8 @@ from quorumkv.core.messages import (
     Forwarded,
     ForwardFailed,
     Prepare,
+    Purge,
+    PurgeReply,
     Read,
 )
 from quorumkv.core.quorum import make_config
@@ -35,12 +37,12 @@ REQUESTS = [
     Read("k"), Prepare("k/é", B), Accept("k", B, REG, Ballot(4, "1", 2)),
     Accept("k", B, Register(None, B), None), DigestQuery(), BucketQuery(255),
     Forward("k", Put(b"v", '"1.1.0"', False)), Forward("k", Put(b"v", None, True)),
-    Forward("k", Delete(None)), Forward("k", Identity()),
+    Forward("k", Delete(None)), Forward("k", Identity()), Purge("k", B),
 ]
 REPLIES = [
     Promise(B, REG), Accepted(), Conflict(B), DigestReply((1, 2**63)),
     BucketReply((("a", B), ("b", None))), Forwarded(Outcome.CREATED, REG),
-    ForwardFailed("no quorum", True), wire.Failure("why"),
+    ForwardFailed("no quorum", True), PurgeReply(True), PurgeReply(False), wire.Failure("why"),
 ]
 
 
@@ -80,7 +82,7 @@ def test_arbitrary_msgpack_never_raises_anything_but_value_error(value: object) 
         wire.unpack_replies(body)
 
 
-@given(st.sampled_from(["r", "p", "a", "d", "b", "f"]), st.lists(
+@given(st.sampled_from(["r", "p", "a", "d", "b", "f", "g"]), st.lists(
     st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4), max_leaves=8), max_size=5))
 def test_well_formed_envelope_with_random_messages(kind: str, args: list[object]) -> None:
     body = msgpack.packb({"from": "0", "inc": "i", "config": CONFIG.to_json(),
@@ -89,7 +91,7 @@ def test_well_formed_envelope_with_random_messages(kind: str, args: list[object]
         wire.unpack_envelope(body)
 
 
-@given(st.sampled_from(["P", "A", "C", "D", "B", "R", "X", "E"]), st.lists(
+@given(st.sampled_from(["P", "A", "C", "D", "B", "R", "X", "G", "E"]), st.lists(
     st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4), max_leaves=8), max_size=4))
 def test_replies_with_random_content(kind: str, args: list[object]) -> None:
     with contextlib.suppress(ValueError):

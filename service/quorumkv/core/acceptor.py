@@ -85,3 +85,23 @@ def accept(
         return state, Conflict(max(state.promised, state.accepted))
     promised = ballot if next_promise is None or next_promise <= ballot else next_promise
     return AcceptorState(promised, ballot, register), Accepted()
+
+
+def is_tombstone(state: AcceptorState | Promise) -> bool:
+    """Holds no value but has accepted something: a deleted key (or, rarely, "absent"
+    written back by a read after a purge). Either can be collected."""
+    return not state.register.exists and state.accepted != ZERO
+
+
+def purge_floor(state: AcceptorState, accepted: Ballot) -> int | None:
+    """The promise floor that forgetting this tombstone needs, or None to keep the key.
+
+    The collector asks for a purge only once every voter has accepted the tombstone at exactly
+    `accepted` (so no voter will ever accept a lower ballot for the key, and every later value
+    derives from "absent"). An acceptor that has moved on since keeps the key. One that
+    forgets it must still refuse everything it promised to refuse: a durable floor above the
+    key's promise and accepted ballot does that, as after a restart.
+    """
+    if state.accepted != accepted or not is_tombstone(state):
+        return None
+    return max(state.promised.counter, state.accepted.counter) + 1

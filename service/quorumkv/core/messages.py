@@ -55,6 +55,18 @@ SyncQuery = DigestQuery | BucketQuery
 SyncReply = DigestReply | BucketReply
 
 
+class Purge(NamedTuple):
+    """Tombstone collection: forget `key` if its accepted state is the tombstone accepted at
+    `accepted` (every voter had it when the collector checked)."""
+
+    key: str
+    accepted: Ballot
+
+
+class PurgeReply(NamedTuple):
+    purged: bool
+
+
 class Forward(NamedTuple):
     """Ask the key's home replica to run a change: one proposer per key, no duels."""
 

@@ -25,6 +25,8 @@ from quorumkv.core.messages import (
     Forward,
     Forwarded,
     ForwardFailed,
+    Purge,
+    PurgeReply,
 )
 from quorumkv.errors import QuorumUnavailable
 from quorumkv.http.errors import Handler, error_body, error_response
@@ -153,6 +155,11 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
             replies.append(DigestReply(tuple(node.local.digests.buckets)))
         elif isinstance(message, BucketQuery):
             replies.append(BucketReply(tuple(node.local.bucket_versions(message.bucket))))
+        elif isinstance(message, Purge):
+            purged = node.local.purge(message.key, message.accepted)
+            replies.append(PurgeReply(purged is not None))
+            if purged is not None:
+                waits.add(purged)
         else:
             reply, durable = node.local.apply(message)
             replies.append(reply)

@@ -5,11 +5,15 @@ accept is staged for the next group commit and its reply waits for that commit. 
 stays in memory: the durable promise floor (see `core.acceptor`) covers it, so a prepare
 waits only in the rare case that the floor must be raised first. Reads wait if the key has a
 staged change, so nothing is ever reported that a crash could still lose.
+
+Tombstones are remembered with the time they appeared, for the collector
+(`replication.tombstones`), which has every voter forget them once they are old.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 from quorumkv.core import acceptor
@@ -34,8 +38,9 @@ class LocalAcceptor:
         self._states: dict[str, AcceptorState] = {}
         self._bucket_keys: list[set[str]] = [set() for _ in range(BUCKETS)]
         self.digests = Digests()
+        self.tombstones: dict[str, float] = {}  # key -> monotonic time it became one here
         for key, state in states:
-            if state.accepted != INITIAL.accepted:  # rows of forgotten keys hold nothing
+            if state.accepted != INITIAL.accepted:  # rows of keys forgotten by older versions
                 self._store(key, INITIAL, acceptor.restored(state, floor))
 
     def __len__(self) -> int:
@@ -77,14 +82,17 @@ class LocalAcceptor:
         """The commit after which a promise of `ballot` is covered by a durable floor."""
         raised = acceptor.raised_floor(ballot, self._floor)
         if raised is not None:
-            self._floor = raised
-            commit = self._committer.stage_meta(META_FLOOR, str(raised))
-            self._floor_commit = commit
-            commit.add_done_callback(lambda f: self._floor_durable(raised, f))
-            return commit
+            return self._raise_floor(raised)
         if ballot.counter >= self._durable_floor:
             return self._floor_commit
         return None
+
+    def _raise_floor(self, floor: int) -> asyncio.Future[None]:
+        self._floor = floor
+        commit = self._committer.stage_meta(META_FLOOR, str(floor))
+        self._floor_commit = commit
+        commit.add_done_callback(lambda f: self._floor_durable(floor, f))
+        return commit
 
     def _floor_durable(self, floor: int, commit: asyncio.Future[None]) -> None:
         if not commit.cancelled() and commit.exception() is None:
@@ -95,6 +103,32 @@ class LocalAcceptor:
             self._bucket_keys[bucket_of(key)].add(key)
         self._states[key] = new
         self.digests.update(key, old.register.version, new.register.version)
+        if not acceptor.is_tombstone(new):
+            self.tombstones.pop(key, None)
+        elif new.register != old.register or key not in self.tombstones:
+            self.tombstones.pop(key, None)  # re-inserted: the dict stays oldest first
+            self.tombstones[key] = time.monotonic()
+
+    def purge(self, key: str, accepted: Ballot) -> asyncio.Future[None] | None:
+        """Forget `key` if it is still the tombstone accepted at `accepted`.
+
+        Returns the commit that makes it durable (the row's removal and the raised floor, in
+        one transaction), or None if the key was kept.
+        """
+        state = self._states.get(key)
+        floor = None if state is None else acceptor.purge_floor(state, accepted)
+        if state is None or floor is None:
+            return None
+        if floor > self._floor:
+            self._raise_floor(floor)  # staged first: the same commit or an earlier one
+        if acceptor.floor_ballot(floor) > self._initial.promised:
+            self._initial = acceptor.restored(INITIAL, floor)  # every unknown key, as after
+            # a restart: at least as high as the forgotten key's promise
+        del self._states[key]
+        self._bucket_keys[bucket_of(key)].discard(key)
+        self.digests.update(key, state.register.version, None)
+        self.tombstones.pop(key, None)
+        return self._committer.stage(key, INITIAL)  # no row: the storage deletes it
 
     def bucket_versions(self, bucket: int) -> list[tuple[str, Ballot | None]]:
         """Every key of a digest bucket with its version, for a detailed comparison."""
@@ -115,4 +149,5 @@ class LocalAcceptor:
         self._states.clear()
         self._bucket_keys = [set() for _ in range(BUCKETS)]
         self.digests = Digests()
+        self.tombstones.clear()
         return commit

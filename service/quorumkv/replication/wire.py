@@ -30,6 +30,8 @@ from quorumkv.core.messages import (
     Forwarded,
     ForwardFailed,
     Prepare,
+    Purge,
+    PurgeReply,
     Read,
     Reply,
     Request,
@@ -40,8 +42,8 @@ from quorumkv.core.quorum import Config
 from quorumkv.replication.digests import BUCKETS
 from quorumkv.storage.codec import ballot_or_none, register_from_wire, register_to_wire
 
-PeerRequest = Request | SyncQuery | Forward
-PeerReply = Reply | SyncReply | Forwarded | ForwardFailed
+PeerRequest = Request | SyncQuery | Forward | Purge
+PeerReply = Reply | SyncReply | Forwarded | ForwardFailed | PurgeReply
 
 
 class Envelope(NamedTuple):
@@ -69,6 +71,8 @@ def encode_request(msg: PeerRequest) -> list[Any]:
         return ["d"]
     if isinstance(msg, Forward):
         return ["f", msg.key, encode_change(msg.change)]
+    if isinstance(msg, Purge):
+        return ["g", msg.key, msg.accepted.to_wire()]
     return ["b", msg.bucket]
 
 
@@ -97,7 +101,7 @@ def decode_request(raw: Any) -> PeerRequest:
     if not isinstance(raw, list) or not raw or not isinstance(raw[0], str):
         raise ValueError("a message must be a non-empty list starting with its type")
     kind, args = raw[0], raw[1:]
-    if kind in ("r", "p", "a", "f") and not (args and isinstance(args[0], str)):
+    if kind in ("r", "p", "a", "f", "g") and not (args and isinstance(args[0], str)):
         raise ValueError("a key must be a string")
     if kind == "r" and len(args) == 1:
         return Read(args[0])
@@ -110,6 +114,8 @@ def decode_request(raw: Any) -> PeerRequest:
         return DigestQuery()
     if kind == "f" and len(args) == 2:
         return Forward(args[0], decode_change(args[1]))
+    if kind == "g" and len(args) == 2:
+        return Purge(args[0], Ballot.from_wire(args[1]))
     if kind == "b" and len(args) == 1 and isinstance(args[0], int) and 0 <= args[0] < BUCKETS:
         return BucketQuery(args[0])
     raise ValueError(f"unknown or malformed message {kind!r}")
@@ -130,6 +136,8 @@ def encode_reply(reply: PeerReply | Failure) -> list[Any]:
         return ["R", reply.outcome.value, register_to_wire(reply.register)]
     if isinstance(reply, ForwardFailed):
         return ["X", reply.detail, reply.indeterminate]
+    if isinstance(reply, PurgeReply):
+        return ["G", reply.purged]
     return ["E", reply.reason]
 
 
@@ -151,6 +159,8 @@ def decode_reply(raw: Any) -> PeerReply | Failure:
         return Forwarded(Outcome(raw[1]), register_from_wire(raw[2]))
     if kind == "X" and len(raw) == 3:
         return ForwardFailed(str(raw[1]), bool(raw[2]))
+    if kind == "G" and len(raw) == 2 and isinstance(raw[1], bool):
+        return PurgeReply(raw[1])
     if kind == "E" and len(raw) == 2:
         return Failure(str(raw[1]))
     raise ValueError(f"unknown or malformed reply {kind!r}")

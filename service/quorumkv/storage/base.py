@@ -21,7 +21,10 @@ class Storage(Protocol):
         ...
 
     def write(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
-        """Stage all of `states` and `meta` as one atomic batch; nothing is durable yet."""
+        """Stage all of `states` and `meta` as one atomic batch; nothing is durable yet.
+
+        A key whose state is `INITIAL` (nothing promised or accepted) is removed.
+        """
         ...
 
     def sync(self) -> None:

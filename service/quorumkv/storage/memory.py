@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from quorumkv.core.acceptor import AcceptorState
+from quorumkv.core.acceptor import INITIAL, AcceptorState
 
 
 class MemoryStorage:
@@ -22,7 +22,11 @@ class MemoryStorage:
         yield from list(self.states.items())
 
     def write(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
-        self.states.update(states)
+        for key, state in states.items():
+            if state == INITIAL:
+                self.states.pop(key, None)
+            else:
+                self.states[key] = state
         self.meta.update(meta)
 
     def sync(self) -> None:

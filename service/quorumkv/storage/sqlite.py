@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgpack
 
-from quorumkv.core.acceptor import AcceptorState
+from quorumkv.core.acceptor import INITIAL, AcceptorState
 from quorumkv.storage.codec import state_from_row, state_to_row
 
 SCHEMA = """
@@ -40,13 +40,18 @@ class SQLiteStorage:
             yield key, state_from_row(msgpack.unpackb(small), value)
 
     def write(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
-        rows = []
+        rows, gone = [], []
         for key, state in states.items():
+            if state == INITIAL:
+                gone.append((key,))
+                continue
             small, value = state_to_row(state)
             rows.append((key, msgpack.packb(small), value))
         self._db.execute("BEGIN")
         try:
             self._db.executemany("INSERT OR REPLACE INTO registers VALUES (?, ?, ?)", rows)
+            if gone:
+                self._db.executemany("DELETE FROM registers WHERE key = ?", gone)
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
         except BaseException:
             self._db.execute("ROLLBACK")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 
 from . import checker, report
@@ -51,6 +51,9 @@ class RunConfig:
     amnesia_hold_s: float = 2.0  # length of each phase of that script
     mix: Mix = dataclasses.field(default_factory=Mix)  # weights of the op kinds
     volatile: bool = False  # QUORUMKV_UNSAFE_VOLATILE=1 on the replicas
+    # tombstones are collected this long after a delete (production default 60 s): short, so
+    # that collection runs all the time, under every fault, on keys still in use
+    tombstone_ttl_s: float = 0.5
     first_host: int = 2  # replicas on 127.0.0.<first_host>…
     ready_timeout_s: float = 30.0
     check_budget: int = checker.DEFAULT_BUDGET  # search steps per key
@@ -101,6 +104,7 @@ class RunResult:
     ready_after_heal: bool
     changes: list[ChangeRecord] = dataclasses.field(default_factory=list)
     final_members: tuple[str, ...] = ()
+    tombstones_collected: int = 0
 
     @property
     def ok_ops(self) -> int:
@@ -159,6 +163,8 @@ class RunResult:
             f"unsent (connection refused): {sum(self.unsent.values())}",
             report.op_table(self.ops),
             f"faults injected: {faults}",
+            f"tombstones collected by every voter: {self.tombstones_collected} "
+            f"(ttl {cfg.tombstone_ttl_s} s)",
         ]
         if self.errors:
             lines.append(f"HARNESS ERRORS: {self.errors}")
@@ -253,6 +259,7 @@ async def run(cfg: RunConfig) -> RunResult:
     env.pop("QUORUMKV_UNSAFE_VOLATILE", None)
     if cfg.volatile:
         env["QUORUMKV_UNSAFE_VOLATILE"] = "1"
+    env["QUORUMKV_TOMBSTONE_TTL"] = str(cfg.tombstone_ttl_s)
     procs = {
         n.node_id: Proc(
             f"n{n.node_id}",
@@ -354,9 +361,21 @@ async def run(cfg: RunConfig) -> RunResult:
         ready_after_heal=ready,
         changes=scaler.changes if scaler is not None else [],
         final_members=tuple(members),
+        tombstones_collected=_tombstones_collected(p.log for p in procs.values()),
     )
     _save(result)
     return result
+
+
+def _tombstones_collected(logs: Iterable[Path]) -> int:
+    """Tombstones purged everywhere, from the replicas' logs (metrics restart with them)."""
+    total = 0
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            if '"tombstones collected"' in line:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    total += int(json.loads(line)["purged"])
+    return total
 
 
 def _save(result: RunResult) -> None:

@@ -1,0 +1,143 @@
+"""Tombstone collection: a deleted key is forgotten by every voter once it is old.
+
+A delete leaves a tombstone (the register without a value) so that Paxos can order it; kept
+forever, tombstones would grow memory and disk without bound under create/delete churn. Each
+replica collects the tombstones of the keys it is home for, in two steps:
+
+1. read the key from every voter (not a quorum): each must hold the very tombstone, accepted
+   at the same ballot. From then on no voter accepts a lower ballot for the key, so no
+   delayed message can bring an older value back;
+2. ask every voter to purge it. A voter forgets the key only if it still holds exactly that
+   tombstone, and raises its promise floor above the key's ballots in the same commit, so it
+   keeps refusing whatever it promised to refuse (see `core.acceptor.purge_floor`).
+
+A voter that has forgotten the key answers like one that never saw it ("absent"), which is
+what the tombstone meant, so any mix of purged and unpurged voters reads the same. A purge
+that reaches only some voters leaves digests that differ; anti-entropy then writes the
+tombstone back, and the next round collects it again. Nothing is collected while a voter is
+unreachable or the membership is changing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from quorumkv.core.acceptor import Promise, is_tombstone
+from quorumkv.core.ballot import Ballot
+from quorumkv.core.messages import Purge, PurgeReply, Read
+from quorumkv.replication.coordinator import Coordinator
+from quorumkv.replication.local_acceptor import LocalAcceptor
+from quorumkv.replication.membership import Membership
+from quorumkv.replication.transport import PeerLink
+
+log = logging.getLogger("quorumkv.tombstones")
+
+MAX_KEYS_PER_ROUND = 1000
+
+
+class TombstoneCollector:
+    def __init__(
+        self,
+        membership: Membership,
+        local: LocalAcceptor,
+        links: dict[str, PeerLink],
+        coordinator: Coordinator,
+        ttl: float,
+        on_purge: Callable[[int], None] | None = None,
+    ) -> None:
+        self._membership = membership
+        self._local = local
+        self._links = links
+        self._coordinator = coordinator
+        self._ttl = ttl
+        self._on_purge = on_purge or (lambda n: None)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.1, min(self._ttl / 2, 10.0)))
+            try:
+                await self.collect()
+            except Exception:
+                log.exception("tombstone collection round failed")
+
+    def _due(self) -> list[str]:
+        """Old tombstones of keys this replica is home for, oldest first."""
+        horizon = time.monotonic() - self._ttl
+        me = self._membership.node_id
+        due: list[str] = []
+        for key, since in self._local.tombstones.items():  # insertion order: oldest first
+            if since > horizon or len(due) >= MAX_KEYS_PER_ROUND:
+                break
+            if self._coordinator.home(key) == me:
+                due.append(key)
+        return due
+
+    async def collect(self) -> int:
+        """One round; returns how many keys every voter purged."""
+        config = self._membership.config
+        if not config.initialized or not self._membership.is_voter \
+                or config.joining is not None:
+            return 0
+        links = [self._links.get(p) for p in config.voters - {self._membership.node_id}]
+        peers = [link for link in links if link is not None and link.reachable]
+        if len(peers) != len(links):
+            return 0
+        due = self._due()
+        if not due:
+            return 0
+        agreed = await self._held_by_every_voter(due, peers)
+        if self._membership.config != config:
+            return 0
+        purged = await self._purge(agreed, peers)
+        if agreed:
+            log.info("tombstones collected", extra={"checked": len(due), "agreed": len(agreed),
+                                                     "purged": purged})
+        self._on_purge(purged)
+        return purged
+
+    async def _held_by_every_voter(self, keys: list[str],
+                                   peers: list[PeerLink]) -> dict[str, Ballot]:
+        """The keys whose tombstone every voter has accepted at the same ballot."""
+        mine: dict[str, Ballot] = {}
+        local_commits = []
+        for key in keys:
+            reply, durable = self._local.apply(Read(key))
+            if isinstance(reply, Promise) and is_tombstone(reply):
+                mine[key] = reply.accepted
+                if durable is not None:  # ours counts only once it is on disk, as theirs
+                    local_commits.append(durable)
+        results = await asyncio.gather(
+            *(link.call(Read(key)) for link in peers for key in mine), return_exceptions=True)
+        if local_commits:
+            await asyncio.gather(*(asyncio.shield(c) for c in local_commits))
+        answers = iter(results)  # peer by peer, key by key, as asked
+        agreed = dict(mine)
+        for _ in peers:
+            for key, accepted in mine.items():
+                answer = next(answers)
+                # one value per ballot: the same accepted ballot is the same tombstone
+                if not (isinstance(answer, Promise) and answer.accepted == accepted):
+                    agreed.pop(key, None)
+        return agreed
+
+    async def _purge(self, keys: dict[str, Ballot], peers: list[PeerLink]) -> int:
+        """Purge on every peer, then here; returns how many keys every voter forgot."""
+        results = await asyncio.gather(
+            *(link.call(Purge(key, accepted)) for link in peers for key, accepted in keys.items()),
+            return_exceptions=True)
+        everywhere = 0
+        commits = []
+        for position, (key, accepted) in enumerate(keys.items()):
+            commit = self._local.purge(key, accepted)
+            if commit is not None:
+                commits.append(commit)
+            replies = results[position::len(keys)] if keys else []
+            if commit is not None and all(isinstance(r, PurgeReply) and r.purged
+                                          for r in replies):
+                everywhere += 1
+        if commits:
+            await asyncio.shield(commits[-1])  # one batch, or earlier ones before it
+        return everywhere
