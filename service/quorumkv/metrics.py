@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -12,11 +16,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("quorumkv_requests", "Client requests by operation and outcome",
-                                ["op", "outcome"], registry=r)
-        self.latency = Histogram("quorumkv_request_duration_seconds",
-                                 "Client request latency by operation", ["op"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = RequestMetrics()
+        r.register(self.requests)
         self.quorum_failures = Counter("quorumkv_quorum_failures",
                                        "Requests answered 503 for want of a quorum",
                                        ["op", "indeterminate"], registry=r)
@@ -49,16 +50,9 @@ class Metrics:
             "Tombstones this replica had every voter forget (as the keys' home)", registry=r)
         self.ready = Gauge("quorumkv_ready", "1 when this replica is ready to serve",
                            registry=r)
-        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, op: str, status: int, seconds: float) -> None:
-        """Count one client request; label children are cached (`labels()` is not free)."""
-        children = self._request_children.get((op, status))
-        if children is None:
-            children = (self.requests.labels(op, str(status)), self.latency.labels(op))
-            self._request_children[(op, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.requests.observe(op, status, seconds)
 
     def observe_commit(self, size: int, seconds: float) -> None:
         self.commit_batch_size.observe(size)
@@ -67,3 +61,42 @@ class Metrics:
     def observe_batch(self, peer: str, size: int, seconds: float) -> None:
         self.peer_batch_size.labels(peer).observe(size)
         self.peer_batch_latency.labels(peer).observe(seconds)
+
+
+class RequestMetrics:
+    """Client request counts and latencies, kept as plain numbers, exported on scrape.
+
+    Every client request updates them, and prometheus-client's Counter and Histogram (a lock
+    per update, a Python loop over the buckets) cost about 7% of the throughput of reads
+    (measured). The event loop is the only writer, so no lock is needed.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], int] = {}
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}  # op -> buckets, [sum]
+
+    def observe(self, op: str, status: int, seconds: float) -> None:
+        self._counts[(op, status)] = self._counts.get((op, status), 0) + 1
+        latency = self._latency.get(op)
+        if latency is None:
+            latency = self._latency[op] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+        latency[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency[1][0] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("quorumkv_requests",
+                                       "Client requests by operation and outcome",
+                                       labels=["op", "outcome"])
+        for (op, status), count in sorted(self._counts.items()):
+            requests.add_metric([op, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily("quorumkv_request_duration_seconds",
+                                        "Client request latency by operation", labels=["op"])
+        bounds = [*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf"]  # as prometheus writes them
+        for op, (buckets, total) in sorted(self._latency.items()):
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, buckets, strict=True):
+                running += count
+                cumulative.append((bound, float(running)))
+            latency.add_metric([op], cumulative, total[0])
+        yield latency

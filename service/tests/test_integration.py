@@ -137,6 +137,8 @@ async def test_health_metrics_and_cluster_view(cluster: Replicas) -> None:
     async with aiohttp.ClientSession() as http, \
             http.get(cluster.urls["0"] + "/metrics") as resp:
         text = await resp.text()
+    assert 'quorumkv_requests_total{op="put",outcome="201"} 1.0' in text
+    assert 'quorumkv_request_duration_seconds_count{op="put"} 1.0' in text
     for metric in ("quorumkv_requests_total", "quorumkv_request_duration_seconds",
                    "quorumkv_peer_reachable", "quorumkv_commit_duration_seconds",
                    "quorumkv_peer_batch_messages", "quorumkv_quorum_failures"):
@@ -279,6 +281,11 @@ async def test_peer_endpoints_need_the_token(tmp_path: Path) -> None:
                 assert resp.status == 401
             async with http.post(url, data=b"x", headers={"Authorization": "Bearer no"}) as r:
                 assert r.status == 401
+            unknown = replicas.urls["1"] + "/internal/v1/nothing-here"
+            async with http.get(unknown) as resp:
+                assert resp.status == 401
+            async with http.get(unknown, headers={"Authorization": "Bearer s3cret"}) as resp:
+                assert resp.status == 404 and (await resp.json())["error"] == "not_found"
             stream = replicas.urls["1"] + "/internal/v1/stream"
             for headers in ({}, {"Authorization": "Bearer no"}):
                 with pytest.raises(aiohttp.WSServerHandshakeError) as refused:

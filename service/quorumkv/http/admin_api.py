@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from quorumkv.errors import BadRequest, ServiceError
+from quorumkv.http.auth import requires_token
 from quorumkv.http.keys import NODE
 from quorumkv.replication.reconfig import ChangeRefused
 from quorumkv.settings import SettingsError, parse_peers
@@ -35,11 +36,13 @@ def _view(request: web.Request) -> dict[str, object]:
 
 
 @routes.get(MEMBERSHIP_PATH)
+@requires_token
 async def get_membership(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(_view(request)), content_type="application/json")
 
 
 @routes.post(MEMBERSHIP_PATH)
+@requires_token
 async def change_membership(request: web.Request) -> web.Response:
     try:
         body = orjson.loads(await request.read())

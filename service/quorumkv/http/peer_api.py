@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 
 import orjson
@@ -29,7 +28,8 @@ from quorumkv.core.messages import (
     PurgeReply,
 )
 from quorumkv.errors import QuorumUnavailable
-from quorumkv.http.errors import Handler, error_body, error_response
+from quorumkv.http.auth import requires_token
+from quorumkv.http.errors import error_body
 from quorumkv.http.keys import MAX_FRAME, NODE, STREAMS
 from quorumkv.node import Node
 from quorumkv.replication.stream import STREAM_PATH
@@ -44,7 +44,6 @@ from quorumkv.replication.wire import (
 
 log = logging.getLogger("quorumkv.peer_api")
 
-INTERNAL_PREFIX = "/internal/"
 BATCH_PATH = "/internal/v1/batch"
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -52,21 +51,8 @@ JSON = "application/json"
 routes = web.RouteTableDef()
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every `/internal/` request needs the shared token when one is configured."""
-    if request.path.startswith(INTERNAL_PREFIX):
-        token = request.app[NODE].settings.auth_token
-        if token is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error_response(401, "unauthorized",
-                                      "peer requests need `Authorization: Bearer <token>`",
-                                      {"WWW-Authenticate": "Bearer"})
-    return await handler(request)
-
-
 @routes.post(BATCH_PATH)
+@requires_token
 async def batch(request: web.Request) -> web.Response:
     status, body = await answer_batch(request.app[NODE], await request.read())
     return web.Response(status=status, body=body,
@@ -74,6 +60,7 @@ async def batch(request: web.Request) -> web.Response:
 
 
 @routes.get(STREAM_PATH)
+@requires_token
 async def stream(request: web.Request) -> web.WebSocketResponse:
     """Answer every binary frame (a batch) with a frame of the same id, concurrently."""
     node = request.app[NODE]
