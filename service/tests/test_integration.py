@@ -11,7 +11,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
+from quorumkv.core.acceptor import Promise
+from quorumkv.core.ballot import Ballot
+from quorumkv.core.messages import Read, Unchanged
+from quorumkv.core.quorum import Config
 from quorumkv.replication import stream as stream_module
+from quorumkv.replication import wire
 from quorumkv.replication.stream import PeerStream, StreamBroken
 from quorumkv.replication.wire import pack_frame, unpack_frame
 from replicas import Replicas
@@ -98,6 +103,28 @@ async def test_peer_stream_answers_frames_and_survives_garbage(cluster: Replicas
         await client.put("after-garbage", b"v")
     async with Client(cluster.urls["1"]) as client:
         assert (await client.get("after-garbage")).value == b"v"  # type: ignore[union-attr]
+
+
+async def test_a_read_naming_the_known_ballot_is_answered_unchanged(cluster: Replicas) -> None:
+    """Digest reads: a peer holding the ballot the reader already has does not send the
+    register back; holding another, it sends it in full."""
+    async with Client(cluster.urls["0"]) as client:
+        await client.put("digest", b"v" * 100)
+        info, membership = await client.cluster(), await client.membership()
+    config = Config.from_json(membership["config"])
+    incarnation = next(m["incarnation"] for m in info["members"] if m["id"] == "0")
+
+    async def ask(*reads: Read) -> list[object]:
+        body = wire.pack_envelope("0", incarnation, config, list(reads))
+        async with aiohttp.ClientSession() as http, \
+                http.post(cluster.urls["1"] + "/internal/v1/batch", data=body) as resp:
+            assert resp.status == 200
+            return list(wire.unpack_replies(await resp.read())[1])
+
+    [full] = await ask(Read("digest"))
+    assert isinstance(full, Promise)
+    assert await ask(Read("digest", full.accepted), Read("digest", Ballot(1, "x", 1))) == [
+        Unchanged(), full]
 
 
 async def test_a_peer_stream_reconnects_and_closes_when_idle(

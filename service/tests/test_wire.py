@@ -24,6 +24,7 @@ from quorumkv.core.messages import (
     Purge,
     PurgeReply,
     Read,
+    Unchanged,
 )
 from quorumkv.core.quorum import make_config
 from quorumkv.core.register import Register
@@ -34,7 +35,7 @@ REG = Register(b"\x00value", B)
 CONFIG = make_config(4, ["0", "1"], ["0", "1", "2"], {str(i): f"http://n{i}" for i in range(3)})
 
 REQUESTS = [
-    Read("k"), Prepare("k/é", B), Accept("k", B, REG, Ballot(4, "1", 2)),
+    Read("k"), Read("k", B), Prepare("k/é", B), Accept("k", B, REG, Ballot(4, "1", 2)),
     Accept("k", B, Register(None, B), None), DigestQuery(), BucketQuery(255),
     Forward("k", Put(b"v", '"1.1.0"', False)), Forward("k", Put(b"v", None, True)),
     Forward("k", Delete(None)), Forward("k", Identity()), Purge("k", B),
@@ -42,7 +43,8 @@ REQUESTS = [
 REPLIES = [
     Promise(B, REG), Accepted(), Conflict(B), DigestReply((1, 2**63)),
     BucketReply((("a", B), ("b", None))), Forwarded(Outcome.CREATED, REG),
-    ForwardFailed("no quorum", True), PurgeReply(True), PurgeReply(False), wire.Failure("why"),
+    ForwardFailed("no quorum", True), PurgeReply(True), PurgeReply(False), Unchanged(),
+    wire.Failure("why"),
 ]
 
 
@@ -91,7 +93,7 @@ def test_well_formed_envelope_with_random_messages(kind: str, args: list[object]
         wire.unpack_envelope(body)
 
 
-@given(st.sampled_from(["P", "A", "C", "D", "B", "R", "X", "G", "E"]), st.lists(
+@given(st.sampled_from(["P", "A", "C", "D", "B", "R", "X", "G", "U", "E"]), st.lists(
     st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4), max_leaves=8), max_size=4))
 def test_replies_with_random_content(kind: str, args: list[object]) -> None:
     with contextlib.suppress(ValueError):

@@ -11,9 +11,19 @@ from quorumkv.core.register import Register
 
 
 class Read(NamedTuple):
-    """Ask for the accepted state, without promising anything (the fast read path)."""
+    """Ask for the accepted state, without promising anything (the fast read path).
+
+    `known`: the accepted ballot the asker holds itself. A peer that holds the same answers
+    `Unchanged` instead of sending the register back: one value per ballot, so the asker
+    already has it (digest reads, as Cassandra's: values cross the network once).
+    """
 
     key: str
+    known: Ballot | None = None
+
+
+class Unchanged(NamedTuple):
+    """The answer to a `Read`: the accepted state is the `known` one of the request."""
 
 
 class Prepare(NamedTuple):

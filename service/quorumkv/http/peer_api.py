@@ -16,6 +16,7 @@ import logging
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from quorumkv.core.acceptor import Promise
 from quorumkv.core.messages import (
     BucketQuery,
     BucketReply,
@@ -26,6 +27,8 @@ from quorumkv.core.messages import (
     ForwardFailed,
     Purge,
     PurgeReply,
+    Read,
+    Unchanged,
 )
 from quorumkv.errors import QuorumUnavailable
 from quorumkv.http.auth import requires_token
@@ -149,7 +152,9 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
                 waits.add(purged)
         else:
             reply, durable = node.local.apply(message)
-            replies.append(reply)
+            unchanged = isinstance(message, Read) and message.known is not None \
+                and isinstance(reply, Promise) and reply.accepted == message.known
+            replies.append(Unchanged() if unchanged else reply)
             if durable is not None:
                 waits.add(durable)
     # shielded: the commit is shared with other requests, which a disconnect must not cancel

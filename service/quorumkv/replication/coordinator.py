@@ -17,9 +17,18 @@ from functools import partial
 from typing import NamedTuple
 
 from quorumkv.core import proposer
+from quorumkv.core.acceptor import Promise
 from quorumkv.core.ballot import Ballot
 from quorumkv.core.changes import Change, Identity, Outcome
-from quorumkv.core.messages import Forward, Forwarded, ForwardFailed, Reply, Request
+from quorumkv.core.messages import (
+    Forward,
+    Forwarded,
+    ForwardFailed,
+    Read,
+    Reply,
+    Request,
+    Unchanged,
+)
 from quorumkv.core.proposer import Action, Continue, Done, Indeterminate, Proposal, Retry, Send
 from quorumkv.core.register import Register
 from quorumkv.errors import QuorumUnavailable
@@ -254,24 +263,35 @@ class Coordinator:
             if outstanding[0] == 0:
                 decided.set_result(None)
 
-        def on_done(node: str, future: asyncio.Future[Reply]) -> None:
+        local = self._local.apply(message) if self._node in voters else None
+        sent = message
+        if isinstance(message, Read) and local is not None and isinstance(local[0], Promise):
+            sent = message._replace(known=local[0].accepted)  # peers that agree say Unchanged
+
+        def on_done(node: str, future: asyncio.Future[Reply | Unchanged]) -> None:
             if future.cancelled() or future.exception() is not None:
                 feed(node, None)
+                return
+            answer = future.result()
+            if isinstance(answer, Unchanged):  # the peer holds what we sent as known
+                assert local is not None
+                feed(node, local[0])
             else:
-                feed(node, future.result())
+                feed(node, answer)
 
         def on_durable(node: str, reply: Reply, future: asyncio.Future[None]) -> None:
             feed(node, None if future.cancelled() or future.exception() else reply)
 
         for node in voters:
             if node == self._node:
-                reply, durable = self._local.apply(message)
+                assert local is not None
+                reply, durable = local
                 if durable is None:
                     loop.call_soon(feed, node, reply)
                 else:
                     durable.add_done_callback(partial(on_durable, node, reply))
             elif (link := self._links.get(node)) is not None:
-                link.call(message, prop.config).add_done_callback(partial(on_done, node))
+                link.call(sent, prop.config).add_done_callback(partial(on_done, node))
             else:
                 outstanding[0] -= 1
         if outstanding[0] == 0 and not decided.done():

@@ -37,13 +37,14 @@ from quorumkv.core.messages import (
     Request,
     SyncQuery,
     SyncReply,
+    Unchanged,
 )
 from quorumkv.core.quorum import Config
 from quorumkv.replication.digests import BUCKETS
 from quorumkv.storage.codec import ballot_or_none, register_from_wire, register_to_wire
 
 PeerRequest = Request | SyncQuery | Forward | Purge
-PeerReply = Reply | SyncReply | Forwarded | ForwardFailed | PurgeReply
+PeerReply = Reply | SyncReply | Forwarded | ForwardFailed | PurgeReply | Unchanged
 
 
 class Envelope(NamedTuple):
@@ -61,7 +62,7 @@ class Failure(NamedTuple):
 
 def encode_request(msg: PeerRequest) -> list[Any]:
     if isinstance(msg, Read):
-        return ["r", msg.key]
+        return ["r", msg.key] if msg.known is None else ["r", msg.key, msg.known.to_wire()]
     if isinstance(msg, Prepare):
         return ["p", msg.key, msg.ballot.to_wire()]
     if isinstance(msg, Accept):
@@ -103,8 +104,8 @@ def decode_request(raw: Any) -> PeerRequest:
     kind, args = raw[0], raw[1:]
     if kind in ("r", "p", "a", "f", "g") and not (args and isinstance(args[0], str)):
         raise ValueError("a key must be a string")
-    if kind == "r" and len(args) == 1:
-        return Read(args[0])
+    if kind == "r" and len(args) in (1, 2):
+        return Read(args[0], None if len(args) == 1 else Ballot.from_wire(args[1]))
     if kind == "p" and len(args) == 2:
         return Prepare(args[0], Ballot.from_wire(args[1]))
     if kind == "a" and len(args) == 4:
@@ -138,6 +139,8 @@ def encode_reply(reply: PeerReply | Failure) -> list[Any]:
         return ["X", reply.detail, reply.indeterminate]
     if isinstance(reply, PurgeReply):
         return ["G", reply.purged]
+    if isinstance(reply, Unchanged):
+        return ["U"]
     return ["E", reply.reason]
 
 
@@ -159,6 +162,8 @@ def decode_reply(raw: Any) -> PeerReply | Failure:
         return Forwarded(Outcome(raw[1]), register_from_wire(raw[2]))
     if kind == "X" and len(raw) == 3:
         return ForwardFailed(str(raw[1]), bool(raw[2]))
+    if kind == "U" and len(raw) == 1:
+        return Unchanged()
     if kind == "G" and len(raw) == 2 and isinstance(raw[1], bool):
         return PurgeReply(raw[1])
     if kind == "E" and len(raw) == 2:
