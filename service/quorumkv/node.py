@@ -98,7 +98,7 @@ class Node:
         self._link_voters(self.membership.config)
         self.coordinator = Coordinator(
             self.membership, self.boot, self.local, self.links, self.settings.request_timeout,
-            observe=lambda path: self.metrics.paths.labels(path).inc(),
+            observe=self.metrics.paths.inc,
             forward_links=self.forward_links)
         self.antientropy = AntiEntropy(self.local, self.links, self.coordinator,
                                        self.settings.antientropy_interval,
