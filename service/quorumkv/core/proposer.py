@@ -110,7 +110,8 @@ def on_reply(
     """Feed the `reply` of `sender` to `request`; replies to earlier phases are ignored."""
     if request != proposal.message:
         return proposal, Continue()
-    if sender not in proposal.config.voters or sender in proposal.ok | proposal.rejected:
+    if sender in proposal.ok or sender in proposal.rejected \
+            or sender not in proposal.config.voters:
         return proposal, Continue()
     if isinstance(reply, Conflict):
         proposal = proposal._replace(

@@ -21,7 +21,7 @@ class Config(NamedTuple):
     @property
     def voters(self) -> frozenset[str]:
         """Every node whose reply can count toward some quorum."""
-        return self.members | (self.joining or frozenset())
+        return self.members if self.joining is None else self.members | self.joining
 
     @property
     def initialized(self) -> bool:
