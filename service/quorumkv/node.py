@@ -228,6 +228,7 @@ class Node:
     def cluster_info(self) -> dict[str, Any]:
         config = self.membership.config
         urls = config.url_map()
+        synced = self.antientropy.synced_with if self.antientropy is not None else set()
         members = []
         for node in sorted(config.voters):
             link = self.links.get(node)
@@ -236,6 +237,7 @@ class Node:
                 "url": urls.get(node, ""),
                 "reachable": True if link is None else link.reachable,
                 "incarnation": self.membership.known_incarnation(node),
+                "synced": node == self.settings.node_id or node in synced,
             })
         ready, reason = self.readiness
         return {

@@ -11,10 +11,11 @@ from replicas import Replicas
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Replicas]:
-    """Three real replicas on loopback, ready."""
+    """Three real replicas on loopback, ready and caught up with each other."""
     replicas = Replicas(tmp_path, 3)
     try:
         replicas.start_all()
+        replicas.wait_synced()
         yield replicas
     finally:
         replicas.stop_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -95,6 +96,20 @@ class Replicas:
 
     def wait_ready(self, nodes: list[str], timeout: float = 30.0) -> None:
         self.wait_for("/readyz", nodes, timeout)
+
+    def wait_synced(self, timeout: float = 30.0) -> None:
+        """Until every replica has run anti-entropy with every member (`/v1/cluster`): a
+        start-up comparison running during a test may repair a key the test is writing."""
+        deadline = time.monotonic() + timeout
+        for node, url in self.urls.items():
+            while True:
+                with urllib.request.urlopen(url + "/v1/cluster", timeout=2) as resp:
+                    members = json.load(resp)["members"]
+                if all(m["synced"] for m in members):
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"replica {node} not synced with all: {members}")
+                time.sleep(0.1)
 
     def wait_alive(self, nodes: list[str], timeout: float = 30.0) -> None:
         self.wait_for("/healthz", nodes, timeout)

@@ -161,6 +161,7 @@ async def test_health_metrics_and_cluster_view(cluster: Replicas) -> None:
             info = await client.cluster()
     assert info["node_id"] == "0" and info["quorum"] == 2 and info["ready"] is True
     assert {m["id"] for m in info["members"]} == {"0", "1", "2"}
+    assert all(m["synced"] for m in info["members"])  # the fixture waited for it
     async with aiohttp.ClientSession() as http, \
             http.get(cluster.urls["0"] + "/metrics") as resp:
         text = await resp.text()
