@@ -59,7 +59,8 @@ class TombstoneCollector:
         while True:
             await asyncio.sleep(max(0.1, min(self._ttl / 2, 10.0)))
             try:
-                await self.collect()
+                while await self.collect() == MAX_KEYS_PER_ROUND:
+                    pass  # a full round all purged: more may be due (deletes faster than rounds)
             except Exception:
                 log.exception("tombstone collection round failed")
 
