@@ -114,4 +114,3 @@ class RequestMetrics:
                 cumulative.append((bound, float(running)))
             latency.add_metric([op], cumulative, total[0])
         yield latency
-

@@ -32,6 +32,7 @@ from quorumkv.replication.coordinator import Coordinator
 from quorumkv.replication.local_acceptor import LocalAcceptor
 from quorumkv.replication.membership import Membership
 from quorumkv.replication.transport import PeerLink
+from quorumkv.replication.wire import PeerReply
 
 log = logging.getLogger("quorumkv.tombstones")
 
@@ -110,35 +111,34 @@ class TombstoneCollector:
                 mine[key] = reply.accepted
                 if durable is not None:  # ours counts only once it is on disk, as theirs
                     local_commits.append(durable)
-        results = await asyncio.gather(
-            *(link.call(Read(key)) for link in peers for key in mine), return_exceptions=True)
+        answers = await _ask_every_peer(peers, [Read(key) for key in mine])
         if local_commits:
             await asyncio.gather(*(asyncio.shield(c) for c in local_commits))
-        answers = iter(results)  # peer by peer, key by key, as asked
-        agreed = dict(mine)
-        for _ in peers:
-            for key, accepted in mine.items():
-                answer = next(answers)
-                # one value per ballot: the same accepted ballot is the same tombstone
-                if not (isinstance(answer, Promise) and answer.accepted == accepted):
-                    agreed.pop(key, None)
-        return agreed
+        # one value per ballot: the same accepted ballot is the same tombstone
+        return {key: accepted
+                for (key, accepted), theirs in zip(mine.items(), answers, strict=True)
+                if all(isinstance(a, Promise) and a.accepted == accepted for a in theirs)}
 
     async def _purge(self, keys: dict[str, Ballot], peers: list[PeerLink]) -> int:
         """Purge on every peer, then here; returns how many keys every voter forgot."""
-        results = await asyncio.gather(
-            *(link.call(Purge(key, accepted)) for link in peers for key, accepted in keys.items()),
-            return_exceptions=True)
+        answers = await _ask_every_peer(peers, [Purge(k, a) for k, a in keys.items()])
         everywhere = 0
         commits = []
-        for position, (key, accepted) in enumerate(keys.items()):
+        for (key, accepted), theirs in zip(keys.items(), answers, strict=True):
             commit = self._local.purge(key, accepted)
-            if commit is not None:
-                commits.append(commit)
-            replies = results[position::len(keys)] if keys else []
-            if commit is not None and all(isinstance(r, PurgeReply) and r.purged
-                                          for r in replies):
-                everywhere += 1
+            if commit is None:
+                continue
+            commits.append(commit)
+            everywhere += all(isinstance(a, PurgeReply) and a.purged for a in theirs)
         if commits:
             await asyncio.shield(commits[-1])  # one batch, or earlier ones before it
         return everywhere
+
+
+async def _ask_every_peer(peers: list[PeerLink],
+                          messages: list[Read] | list[Purge],
+                          ) -> list[list[PeerReply | BaseException]]:
+    """For each message, every peer's answer (an exception if it gave none)."""
+    results = await asyncio.gather(*(link.call(m) for link in peers for m in messages),
+                                   return_exceptions=True)
+    return [results[i::len(messages)] for i in range(len(messages))]
