@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                        default=float(_env("QUORUMKV_TOMBSTONE_TTL", "60") or 60),
                        help="seconds a deleted key's tombstone is kept before every replica "
                             "forgets it (default 60) [QUORUMKV_TOMBSTONE_TTL]")
+    serve.add_argument("--antientropy-interval", type=float,
+                       default=float(_env("QUORUMKV_ANTIENTROPY_INTERVAL", "10") or 10),
+                       help="seconds between anti-entropy rounds, each with a random peer, "
+                            "after the start-up round with every peer (default 10) "
+                            "[QUORUMKV_ANTIENTROPY_INTERVAL]")
     serve.add_argument("--max-value-bytes", type=int, default=MAX_VALUE_BYTES,
                        help=f"largest value accepted (default {MAX_VALUE_BYTES})")
     serve.add_argument("--log-level", default=_env("QUORUMKV_LOG_LEVEL", "INFO"),
@@ -116,9 +121,10 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
                             f"({', '.join(peers)}): list every member, this one included, or "
                             "give --advertise-url for a replica that joins later")
     advertise = parse_peers([f"{args.node_id}={advertise}"])[args.node_id]
-    if args.request_timeout <= 0 or args.max_value_bytes <= 0 or args.tombstone_ttl <= 0:
-        raise SettingsError("--request-timeout, --max-value-bytes and --tombstone-ttl must be "
-                            "positive")
+    if min(args.request_timeout, args.max_value_bytes, args.tombstone_ttl,
+           args.antientropy_interval) <= 0:
+        raise SettingsError("--request-timeout, --max-value-bytes, --tombstone-ttl and "
+                            "--antientropy-interval must be positive")
     return ServeSettings(
         node_id=args.node_id, listen_host=host, listen_port=port, peers=peers,
         data_dir=Path(args.data_dir), advertise_url=advertise,
@@ -127,6 +133,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         peer_timeout=min(1.5, args.request_timeout * 0.6),
         max_value_bytes=args.max_value_bytes,
         tombstone_ttl=args.tombstone_ttl,
+        antientropy_interval=args.antientropy_interval,
         volatile=os.environ.get("QUORUMKV_UNSAFE_VOLATILE") == "1",
         log_level=args.log_level)
 
