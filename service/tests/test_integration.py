@@ -17,6 +17,7 @@ from quorumkv.core.messages import Read, Unchanged
 from quorumkv.core.quorum import Config
 from quorumkv.replication import stream as stream_module
 from quorumkv.replication import wire
+from quorumkv.replication.coordinator import home_of
 from quorumkv.replication.stream import PeerStream, StreamBroken
 from quorumkv.replication.wire import pack_frame, unpack_frame
 from replicas import Replicas
@@ -226,6 +227,42 @@ async def test_paused_replica_does_not_block_a_majority(cluster: Replicas) -> No
     finally:
         cluster.resume("1")
     await assert_readable(cluster.urls["1"], acked)
+
+
+@pytest.mark.parametrize("stream_open", [True, False], ids=["stream-open", "no-stream-yet"])
+async def test_writes_waiting_on_a_home_that_stops_are_released_when_it_is_noticed(
+    cluster: Replicas, stream_open: bool,
+) -> None:
+    """Writes forwarded to a home that is then paused do not wait out their timeout: once a
+    heartbeat finds the home silent, those still queued for it are proposed here (and
+    succeed), a batch already sent answers 503 (it may still take effect). With no stream
+    to the home yet, the handshake's own timeout releases the first batch, as never sent."""
+    keys = [k for k in (f"homed-{i}" for i in range(400)) if home_of(k, "012") == "1"][:41]
+    outcomes: list[tuple[float, float, str]] = []  # (started, seconds, outcome)
+    async with Client(cluster.urls["0"], timeout=10) as client:
+        if stream_open:
+            await client.put(keys.pop(), b"v")  # forwarded: opens 0's stream to its home 1
+
+        async def write(key: str, delay: float) -> None:
+            await asyncio.sleep(delay)
+            started = time.monotonic()
+            try:
+                await client.put(key, b"v")
+                outcome = "ok"
+            except Unavailable:
+                outcome = "503"
+            outcomes.append((started - paused_at, time.monotonic() - started, outcome))
+
+        cluster.pause("1")
+        paused_at = time.monotonic()
+        try:
+            await asyncio.gather(*(write(key, 0.01 * i) for i, key in enumerate(keys)))
+        finally:
+            cluster.resume("1")
+    slowest = max(seconds for _, seconds, _ in outcomes)
+    assert slowest < cluster.request_timeout, outcomes  # before: timeout + grace (3.5 s)
+    early = [outcome for started, _, outcome in outcomes if started < 0.3]
+    assert "ok" in early, outcomes  # queued behind the stuck batch, then proposed here
 
 
 async def wait_until_unreachable(url: str, member: str, timeout: float = 5.0) -> None:

@@ -12,7 +12,7 @@ import logging
 import random
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NamedTuple
 
@@ -58,6 +58,11 @@ class NotSent(NamedTuple):
 
 
 PathObserver = Callable[[str], None]  # "fast_read", "slow_read", "fast_write", "conflict", …
+
+
+def home_of(key: str, voters: Iterable[str]) -> str:
+    """The key's home: rendezvous hashing over the voters, the same on every replica."""
+    return max(voters, key=lambda node: zlib.crc32(f"{node}\0{key}".encode()))
 
 
 class Coordinator:
@@ -172,9 +177,7 @@ class Coordinator:
             self._mutex.release(key)
 
     def home(self, key: str) -> str:
-        """The key's home: rendezvous hashing over the voters, the same on every replica."""
-        return max(self._membership.config.voters,
-                   key=lambda node: zlib.crc32(f"{node}\0{key}".encode()))
+        return home_of(key, self._membership.config.voters)
 
     async def _forward(self, link: PeerLink, key: str, change: Change,
                        deadline: float) -> tuple[Outcome, Register]:

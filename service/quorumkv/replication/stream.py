@@ -24,6 +24,10 @@ from quorumkv.replication.wire import pack_frame, unpack_frame
 STREAM_PATH = "/internal/v1/stream"
 IDLE_CLOSE = 30.0
 CLOSE_TIMEOUT = 1.0  # a paused peer never answers our close frame
+# A handshake takes milliseconds; a paused peer's kernel still accepts the connection, so
+# without this a request would wait its whole timeout (seconds, on a forwarding link) for a
+# stream that never comes, though nothing was sent and its caller could go another way.
+CONNECT_TIMEOUT = 1.0
 
 
 class StreamBroken(Exception):
@@ -104,10 +108,14 @@ class PeerStream:
             if self._conn is not None and not self._conn.ws.closed:
                 return self._conn
             try:
-                ws = await self._session.ws_connect(
-                    self.url, headers=self._headers, max_msg_size=self._max_frame,
-                    autoping=True, compress=0,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    ws = await self._session.ws_connect(
+                        self.url, headers=self._headers, max_msg_size=self._max_frame,
+                        autoping=True, compress=0,
+                        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT))
+            except TimeoutError:
+                raise StreamBroken(f"no stream within {CONNECT_TIMEOUT:g} s (the peer accepts "
+                                   "connections but does not answer)", sent=False) from None
             except aiohttp.WSServerHandshakeError as exc:  # e.g. 401: a wrong token
                 raise StreamBroken(f"the peer refused the stream: {exc.status} {exc.message}",
                                    sent=False) from None
@@ -165,6 +173,11 @@ class PeerStream:
             task = asyncio.create_task(conn.ws.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+    def abort(self, reason: str) -> None:
+        """Fail every request waiting for an answer and close the stream (in the background)."""
+        if self._conn is not None:
+            self._drop(self._conn, reason)
 
     async def close(self) -> None:
         conn = self._conn

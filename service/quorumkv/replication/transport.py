@@ -215,10 +215,18 @@ class PeerLink:
         self.reachable = False
         self.last_error = reason
         pending, self._queue = self._queue, []
-        for _, _, future in pending:
+        for _, _, future in pending:  # still queued: never sent, so they did not happen there
             if not future.done():
-                future.set_exception(PeerUnavailable(reason))
+                future.set_exception(PeerUnavailable(reason, sent=False))
                 future.exception()
+
+    def abandon(self, reason: str) -> None:
+        """Stop waiting for this peer, which its other link found silent: queued messages fail
+        as never sent (their callers can go another way), a batch in flight as sent (what it
+        carried may still happen there). Otherwise a forwarding link, whose timeout is a
+        whole request's, would hold its callers for seconds after the peer was known down."""
+        self._mark_down(reason)
+        self._stream.abort(reason)
 
     async def close(self) -> None:
         """Close the stream and fail whatever still waits on it."""
