@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help install-dev lint unit integration jepsen test-local e2e test demo cluster \
-        cluster-down local bench clean
+        cluster-down local bench failover clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ local: $(STAMP)  ## three replicas on 127.0.0.1:7000-7002, no Kubernetes (Ctrl-C
 
 bench: $(STAMP)  ## QuorumKV vs etcd, same driver (wrk), results in bench/RESULTS.md
 	$(PY) bench/run.py
+
+failover: $(STAMP)  ## QuorumKV vs etcd: a member killed / paused under writes, bench/FAILOVER.md
+	$(PY) bench/failover.py
 
 clean:  ## remove the virtualenv and test artifacts (not the cluster cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache e2e/_artifacts
