@@ -38,12 +38,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from run import BENCH, REPO, Cluster, Etcd, QuorumKV, ensure_tools, fs_type, git, log, qkv_command
 
 BUCKET = 0.1  # seconds per timeline bucket
+Record = tuple[float, float, str]
 RECOVERED_SHARE = 0.8  # of the rate before the fault
 RECOVERED_BUCKETS = 5  # in a row
 
@@ -58,7 +60,8 @@ class Load:
         self.keyspace = keyspace
         self.timeout = timeout
         self.stop = threading.Event()
-        self.records: list[list[tuple[float, float, bool]]] = [[] for _ in range(clients)]
+        # (start, end, outcome): "ok", an HTTP status, or the exception's name
+        self.records: list[list[Record]] = [[] for _ in range(clients)]
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
                         for i in range(clients)]
 
@@ -66,7 +69,7 @@ class Load:
         for t in self.threads:
             t.start()
 
-    def finish(self) -> list[tuple[float, float, bool]]:
+    def finish(self) -> list[Record]:
         self.stop.set()
         for t in self.threads:
             t.join(self.timeout + 5)
@@ -82,7 +85,7 @@ class Load:
             method, path, body, headers = self.cluster.put_request(  # type: ignore[attr-defined]
                 key, value)
             started = time.monotonic()
-            ok = False
+            outcome = "no answer"
             try:
                 if conn is None:
                     host, port = self.targets[member].rsplit(":", 1)
@@ -90,11 +93,11 @@ class Load:
                 conn.request(method, path, body=body, headers=headers)
                 resp = conn.getresponse()
                 resp.read()
-                ok = resp.status in (200, 201)
-            except (OSError, http.client.HTTPException):
-                pass
-            self.records[index].append((started, time.monotonic(), ok))
-            if not ok:  # fail over to the next member, as a client behind a Service would
+                outcome = "ok" if resp.status in (200, 201) else str(resp.status)
+            except (OSError, http.client.HTTPException) as exc:
+                outcome = type(exc).__name__
+            self.records[index].append((started, time.monotonic(), outcome))
+            if outcome != "ok":  # fail over to the next member, as a client behind a Service would
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -105,10 +108,10 @@ class Load:
             conn.close()
 
 
-def analyse(records: list[tuple[float, float, bool]], fault_at: float, start: float,
+def analyse(records: list[Record], fault_at: float, start: float,
             end: float) -> dict[str, Any]:
     """The figures of one run; times relative to the fault, in seconds."""
-    done = [e - fault_at for _, e, ok in records if ok]
+    done = [e - fault_at for _, e, outcome in records if outcome == "ok"]
     before = [t for t in done if start - fault_at + 1 <= t < 0]  # the first second: warm-up
     rate_before = len(before) / max(1e-9, fault_at - start - 1)
     after = sorted(t for t in done if t >= 0)
@@ -123,8 +126,9 @@ def analyse(records: list[tuple[float, float, bool]], fault_at: float, start: fl
         if all(b >= target for b in buckets[i:i + RECOVERED_BUCKETS]):
             recovered = round(i * BUCKET, 1)
             break
-    failed = [(s - fault_at, e - s) for s, e, ok in records if not ok and e >= fault_at]
-    slowest = max((e - s for s, e, ok in records if ok and e >= fault_at), default=0.0)
+    failed = Counter(outcome for _, e, outcome in records if outcome != "ok" and e >= fault_at)
+    slowest = max((e - s for s, e, outcome in records if outcome == "ok" and e >= fault_at),
+                  default=0.0)
     timeline = [0] * 20 + buckets[:60]  # 2 s before to 6 s after, per 100 ms
     for t in done:
         if -2 <= t < 0:
@@ -133,7 +137,8 @@ def analyse(records: list[tuple[float, float, bool]], fault_at: float, start: fl
         "rate_before": round(rate_before),
         "no_write_window_s": round(max(gaps, default=0.0), 3),
         "recovered_after_s": recovered,
-        "failed_requests": len(failed),
+        "failed_requests": sum(failed.values()),
+        "failed_by_kind": dict(failed.most_common()),
         "slowest_ok_s": round(slowest, 3),
         "ok_after": len(after),
         "timeline_per_100ms": timeline,
@@ -175,7 +180,7 @@ def run_once(make: Any, fault: str, opts: argparse.Namespace) -> dict[str, Any]:
     log(f"{cluster.name:8s} {fault:5s} {who:24s} before {result['rate_before']:5d}/s  "
         f"no-write window {result['no_write_window_s']:6.3f} s  recovered after "
         f"{result['recovered_after_s']} s  failed {result['failed_requests']:4d}  "
-        f"slowest ok {result['slowest_ok_s']:.3f} s")
+        f"slowest ok {result['slowest_ok_s']:.3f} s  {result['failed_by_kind']}")
     return result
 
 
@@ -215,7 +220,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         cells = " ".join(str(x) for x in t[:20]) + " | " + " ".join(str(x) for x in t[20:])
         lines += [f"- {r['system']} {r['fault']} of {r['member']}: no-write window "
                   f"{r['no_write_window_s']} s, recovered after {r['recovered_after_s']} s, "
-                  f"{r['failed_requests']} failed", f"  `{cells}`"]
+                  f"{r['failed_requests']} failed {r['failed_by_kind']}", f"  `{cells}`"]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -109,7 +109,8 @@ class Node:
                                        self.settings.tombstone_ttl,
                                        on_purge=self.metrics.tombstones_collected.inc)
         self._tasks = [asyncio.create_task(self._bootstrap(), name="bootstrap"),
-                       asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                       asyncio.create_task(self._heartbeat(self.coordinator), name="heartbeat"),
+                       asyncio.create_task(self.coordinator.watch_stalls(), name="stalls"),
                        asyncio.create_task(self.antientropy.run(), name="anti-entropy"),
                        asyncio.create_task(collector.run(), name="tombstones")]
         log.info("replica started", extra={
@@ -189,13 +190,18 @@ class Node:
                     return
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, coordinator: Coordinator) -> None:
         while True:
             peers = list(self.links.items())
             answered = await asyncio.gather(*(link.heartbeat() for _, link in peers))
             for (peer, _), alive in zip(peers, answered, strict=True):
+                if alive:
+                    continue
+                # meanwhile others may write the keys we are home of: our promises for them
+                # would make our next one-round-trip accepts fail, indeterminate
+                coordinator.forget_promises()
                 forward = self.forward_links.get(peer)
-                if not alive and forward is not None:  # its changes can go another way now
+                if forward is not None:  # its changes can go another way now
                     forward.abandon(f"{peer} did not answer a heartbeat")
             for peer, link in self.links.items():
                 self.metrics.peer_reachable.labels(peer).set(1 if link.reachable else 0)

@@ -265,6 +265,34 @@ async def test_writes_waiting_on_a_home_that_stops_are_released_when_it_is_notic
     assert "ok" in early, outcomes  # queued behind the stuck batch, then proposed here
 
 
+async def test_a_home_back_from_a_pause_does_not_answer_503(cluster: Replicas) -> None:
+    """While a home is paused, the other replicas write its keys with higher ballots; back,
+    it must not trust the promises it held from before (a one-round-trip accept that the
+    peers refuse but it took itself is indeterminate: 503)."""
+    keys = [k for k in (f"back-{i}" for i in range(300)) if home_of(k, "012") == "1"][:30]
+    async with Client(cluster.urls["1"], timeout=10) as home, \
+            Client(cluster.urls["0"], timeout=10) as other:
+        for key in keys:
+            await home.put(key, b"before")  # the home now holds a promise for each
+        cluster.pause("1")
+        try:
+            await wait_until_unreachable(cluster.urls["0"], "1")
+            for key in keys:
+                await other.put(key, b"during")  # proposed by replica 0, higher ballots
+        finally:
+            cluster.resume("1")
+        failures = []
+        for key in keys:
+            try:
+                await home.put(key, b"after")
+            except Unavailable as exc:
+                failures.append(f"{key}: {exc}")
+        assert failures == []
+        for key in keys:
+            got = await other.get(key)
+            assert got is not None and got.value == b"after", key
+
+
 async def wait_until_unreachable(url: str, member: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     async with Client(url) as client:

@@ -42,6 +42,12 @@ log = logging.getLogger("quorumkv.coordinator")
 FAST_PATH_CACHE = 100_000  # keys whose promised next ballot we remember
 MAX_ATTEMPTS = 8
 HOME_FRESHNESS = 0.75  # forward only to a home that answered this recently (seconds)
+# The promises a home holds for its keys are only as good as its view of the cluster: while
+# it was frozen (SIGSTOP, a VM stall) or cut off, other replicas may have written its keys
+# with higher ballots. Its loop ticks every TICK; a tick later than STALL means it was
+# stopped, and until a tick has run again on time no one-round-trip accept is tried.
+TICK = 0.1
+STALL = 0.5
 FORWARD_GRACE = 1.0  # seconds a forwarder waits beyond its deadline for the home's answer
 
 def _expire(decided: asyncio.Future[Action | NotSent | None]) -> None:
@@ -87,6 +93,7 @@ class Coordinator:
         self._mutex = KeyedMutex()
         # key -> (ballot promised with our last accept, the register it chose, its epoch)
         self._promised: OrderedDict[str, tuple[Ballot, Register, int]] = OrderedDict()
+        self._ticked = 0.0  # loop time of the last tick of `watch_stalls`
 
     def _check_initialized(self) -> None:
         """Only members coordinate: peers refuse proposals from strangers (a node outside
@@ -222,7 +229,24 @@ class Coordinator:
         """
         if self._local.state(key).promised != ballot:
             return False
+        if asyncio.get_running_loop().time() - self._ticked > STALL:
+            return False  # stopped a while ago, and `watch_stalls` has not caught up yet
         return all(link.reachable for link in self._links.values())  # links: voters only
+
+    async def watch_stalls(self) -> None:
+        """Tick every TICK seconds; a late tick means this process was stopped: forget every
+        promise held, as after a restart."""
+        loop = asyncio.get_running_loop()
+        self._ticked = loop.time()
+        while True:
+            await asyncio.sleep(TICK)
+            now = loop.time()
+            if now - self._ticked > STALL:
+                log.warning("this replica was stopped; forgetting the promises it held",
+                            extra={"stopped_seconds": round(now - self._ticked - TICK, 3),
+                                   "promises": len(self._promised)})
+                self.forget_promises()
+            self._ticked = now
 
     def forget_promises(self) -> None:
         """Drop every cached promise (e.g. on a configuration change)."""
