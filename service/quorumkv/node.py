@@ -109,7 +109,7 @@ class Node:
                                        self.settings.tombstone_ttl,
                                        on_purge=self.metrics.tombstones_collected.inc)
         self._tasks = [asyncio.create_task(self._bootstrap(), name="bootstrap"),
-                       asyncio.create_task(self._heartbeat(self.coordinator), name="heartbeat"),
+                       asyncio.create_task(self._heartbeat(), name="heartbeat"),
                        asyncio.create_task(self.coordinator.watch_stalls(), name="stalls"),
                        asyncio.create_task(self.antientropy.run(), name="anti-entropy"),
                        asyncio.create_task(collector.run(), name="tombstones")]
@@ -144,7 +144,14 @@ class Node:
             else self.settings.peer_timeout
         return PeerLink(peer, url, session=self._session, membership=self.membership,
                         token=self.settings.auth_token, timeout=timeout,
-                        observe=None if forwarding else self.metrics.observe_batch)
+                        observe=None if forwarding else self.metrics.observe_batch,
+                        on_down=None if forwarding else self._peer_lost)
+
+    def _peer_lost(self) -> None:
+        """Cut off from a peer, maybe from more: others may now write the keys we are home
+        of, and the promises we hold for them would make our one-round-trip accepts fail."""
+        if self.coordinator is not None:
+            self.coordinator.forget_promises()
 
     def _configuration_changed(self, config: Config) -> None:
         if self._session is not None:
@@ -190,18 +197,13 @@ class Node:
                     return
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
-    async def _heartbeat(self, coordinator: Coordinator) -> None:
+    async def _heartbeat(self) -> None:
         while True:
             peers = list(self.links.items())
             answered = await asyncio.gather(*(link.heartbeat() for _, link in peers))
             for (peer, _), alive in zip(peers, answered, strict=True):
-                if alive:
-                    continue
-                # meanwhile others may write the keys we are home of: our promises for them
-                # would make our next one-round-trip accepts fail, indeterminate
-                coordinator.forget_promises()
                 forward = self.forward_links.get(peer)
-                if forward is not None:  # its changes can go another way now
+                if not alive and forward is not None:  # its changes can go another way now
                     forward.abandon(f"{peer} did not answer a heartbeat")
             for peer, link in self.links.items():
                 self.metrics.peer_reachable.labels(peer).set(1 if link.reachable else 0)

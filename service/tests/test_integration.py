@@ -21,6 +21,7 @@ from quorumkv.replication.coordinator import home_of
 from quorumkv.replication.stream import PeerStream, StreamBroken
 from quorumkv.replication.wire import pack_frame, unpack_frame
 from replicas import Replicas
+from test_tombstones import metric
 from yarl import URL
 
 pytestmark = pytest.mark.integration
@@ -291,6 +292,32 @@ async def test_a_home_back_from_a_pause_does_not_answer_503(cluster: Replicas) -
         for key in keys:
             got = await other.get(key)
             assert got is not None and got.value == b"after", key
+
+
+async def test_keys_of_a_dead_home_get_one_proposer(cluster: Replicas) -> None:
+    """With replica 2 dead, its keys are proposed by the next replica in their rendezvous
+    order (the others forward to it), which then skips the prepare as a home does: no duels
+    between 0 and 1, whose split accepts would answer 503."""
+    keys = [k for k in (f"orphan-{i}" for i in range(300)) if home_of(k, "012") == "2"][:30]
+    cluster.kill("2")
+    await wait_until_unreachable(cluster.urls["0"], "2")
+    await wait_until_unreachable(cluster.urls["1"], "2")
+    urls = [cluster.urls["0"], cluster.urls["1"]]
+
+    async def fast_writes() -> float:
+        return sum([await metric(url, 'quorumkv_paxos_paths_total{path="fast_write"}')
+                    for url in urls])
+
+    async with Client(urls[0], timeout=10) as a, Client(urls[1], timeout=10) as b:
+        for round_ in range(3):
+            before = await fast_writes()
+            await asyncio.gather(*(client.put(key, f"{round_}".encode())
+                                   for key in keys for client in (a, b)))
+            if round_ > 0:  # the acting home holds a promise for each key since round 0
+                assert await fast_writes() - before >= len(keys)
+        for key in keys:
+            got = await a.get(key)
+            assert got is not None and got.value == b"2"
 
 
 async def wait_until_unreachable(url: str, member: str, timeout: float = 5.0) -> None:

@@ -68,7 +68,16 @@ PathObserver = Callable[[str], None]  # "fast_read", "slow_read", "fast_write", 
 
 def home_of(key: str, voters: Iterable[str]) -> str:
     """The key's home: rendezvous hashing over the voters, the same on every replica."""
-    return max(voters, key=lambda node: zlib.crc32(f"{node}\0{key}".encode()))
+    return max(voters, key=lambda node: _score(node, key))
+
+
+def rendezvous_order(key: str, voters: Iterable[str]) -> list[str]:
+    """The voters by preference to be the key's home, its home first."""
+    return sorted(voters, key=lambda node: _score(node, key), reverse=True)
+
+
+def _score(node: str, key: str) -> int:
+    return zlib.crc32(f"{node}\0{key}".encode())
 
 
 class Coordinator:
@@ -126,21 +135,21 @@ class Coordinator:
     ) -> tuple[Outcome, Register]:
         """Apply `change` to `key` through Paxos; raises `QuorumUnavailable`.
 
-        The key's home replica proposes it (unless `local_only` or the home is unreachable):
-        with one proposer per key there are no duels, whose accepts taken by some acceptors
-        and refused by others would leave writes indeterminate, and the home's promise from
-        its last accept usually saves the prepare.
+        The key's home replica proposes it (unless `local_only`): with one proposer per key
+        there are no duels, whose accepts taken by some acceptors and refused by others would
+        leave writes indeterminate, and the home's promise from its last accept usually saves
+        the prepare. While the home does not answer, the next replica in the key's rendezvous
+        order that does is its home, for the same reasons: every replica that sees the same
+        peers down picks the same one.
         """
         self._check_initialized()
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self._timeout
         if not local_only:
-            home = self.home(key)
+            home = self._acting_home(key)
             link = self._forward_links.get(home)
-            paxos_link = self._links.get(home)
-            if home != self._node and link is not None and paxos_link is not None \
-                    and paxos_link.answered_within(HOME_FRESHNESS):
+            if home != self._node and link is not None:
                 try:
                     return await self._forward(link, key, change, deadline)
                 except NotDelivered:
@@ -186,6 +195,17 @@ class Coordinator:
     def home(self, key: str) -> str:
         return home_of(key, self._membership.config.voters)
 
+    def _acting_home(self, key: str) -> str:
+        """The first voter in the key's rendezvous order that is this replica or answered
+        recently."""
+        for node in rendezvous_order(key, self._membership.config.voters):
+            if node == self._node:
+                return node
+            link = self._links.get(node)
+            if link is not None and link.answered_within(HOME_FRESHNESS):
+                return node
+        return self._node
+
     async def _forward(self, link: PeerLink, key: str, change: Change,
                        deadline: float) -> tuple[Outcome, Register]:
         self._observe("forward")
@@ -224,14 +244,16 @@ class Coordinator:
         """Skip the prepare only while it can hardly fail.
 
         If another proposer prepared the key since, our acceptor has promised it more than
-        `ballot`; and with every peer reachable, a rejected accept is rejected by all, which
-        makes a retry safe rather than indeterminate.
+        `ballot`. Others prepare our keys only while they cannot reach us (or we them), and
+        then we forget our promises (`forget_promises`, `watch_stalls`). A quorum must be
+        reachable: an accept nobody answers is indeterminate, a prepare can be retried.
         """
         if self._local.state(key).promised != ballot:
             return False
         if asyncio.get_running_loop().time() - self._ticked > STALL:
             return False  # stopped a while ago, and `watch_stalls` has not caught up yet
-        return all(link.reachable for link in self._links.values())  # links: voters only
+        reachable = {self._node} | {n for n, link in self._links.items() if link.reachable}
+        return self._membership.config.is_quorum(reachable)
 
     async def watch_stalls(self) -> None:
         """Tick every TICK seconds; a late tick means this process was stopped: forget every

@@ -70,7 +70,9 @@ class PeerLink:
         max_batch: int = 512,
         max_inflight: int = 1,
         observe: BatchObserver | None = None,
+        on_down: Callable[[], None] | None = None,
     ) -> None:
+        """`on_down` is called each time the peer goes from reachable to unreachable."""
         self.peer_id = peer_id
         self.base_url = url
         self._stream = PeerStream(url, session,
@@ -81,6 +83,7 @@ class PeerLink:
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._observe = observe
+        self._on_down = on_down
         self._queue: list[Queued] = []
         self._senders = 0
         self.reachable = False
@@ -210,9 +213,11 @@ class PeerLink:
         return f"{self.peer_id} refused the batch: {error} (its epoch {config.epoch})"
 
     def _mark_down(self, reason: str) -> None:
-        if self.reachable:
+        was_reachable, self.reachable = self.reachable, False
+        if was_reachable:
             log.warning("peer unreachable", extra={"peer": self.peer_id, "reason": reason})
-        self.reachable = False
+            if self._on_down is not None:
+                self._on_down()
         self.last_error = reason
         pending, self._queue = self._queue, []
         for _, _, future in pending:  # still queued: never sent, so they did not happen there
