@@ -6,16 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from replicas import Replicas
+from replicas import Replicas, running
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Replicas]:
     """Three real replicas on loopback, ready and caught up with each other."""
-    replicas = Replicas(tmp_path, 3)
-    try:
-        replicas.start_all()
-        replicas.wait_synced()
+    with running(tmp_path) as replicas:
         yield replicas
-    finally:
-        replicas.stop_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_ports(count: int) -> list[int]:
@@ -139,3 +142,15 @@ class Replicas:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def running(root: Path, count: int = 3, **options: Any) -> Iterator[Replicas]:
+    """`count` replicas, ready and caught up with each other; stopped at the end."""
+    replicas = Replicas(root, count, **options)
+    try:
+        replicas.start_all()
+        replicas.wait_synced()
+        yield replicas
+    finally:
+        replicas.stop_all()

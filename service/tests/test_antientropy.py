@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from quorumkv.client import Client
-from replicas import Replicas
+from replicas import Replicas, running
 from test_tombstones import metric
 
 pytestmark = pytest.mark.integration
@@ -20,13 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def comparing(tmp_path: Path) -> Iterator[Replicas]:
     """Three replicas comparing digests with a peer every 0.2 s instead of every 10 s."""
-    replicas = Replicas(tmp_path, 3, env={"QUORUMKV_ANTIENTROPY_INTERVAL": "0.2"})
-    try:
-        replicas.start_all()
-        replicas.wait_synced()
+    with running(tmp_path, env={"QUORUMKV_ANTIENTROPY_INTERVAL": "0.2"}) as replicas:
         yield replicas
-    finally:
-        replicas.stop_all()
 
 
 def comparisons(replicas: Replicas) -> list[dict[str, object]]:

@@ -169,10 +169,10 @@ async def test_health_metrics_and_cluster_view(cluster: Replicas) -> None:
         text = await resp.text()
     assert 'quorumkv_requests_total{op="put",outcome="201"} 1.0' in text
     assert 'quorumkv_request_duration_seconds_count{op="put"} 1.0' in text
-    for metric in ("quorumkv_requests_total", "quorumkv_request_duration_seconds",
-                   "quorumkv_peer_reachable", "quorumkv_commit_duration_seconds",
-                   "quorumkv_peer_batch_messages", "quorumkv_quorum_failures"):
-        assert metric in text
+    for name in ("quorumkv_requests_total", "quorumkv_request_duration_seconds",
+                 "quorumkv_peer_reachable", "quorumkv_commit_duration_seconds",
+                 "quorumkv_peer_batch_messages", "quorumkv_quorum_failures"):
+        assert name in text
 
 
 async def write_many(url: str, prefix: str, count: int) -> dict[str, bytes]:

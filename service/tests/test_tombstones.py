@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from quorumkv.client import Client
-from replicas import Replicas
+from replicas import Replicas, running
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +21,8 @@ TTL = 0.5  # seconds; collection rounds run every TTL/2
 
 @pytest.fixture
 def collecting(tmp_path: Path) -> Iterator[Replicas]:
-    replicas = Replicas(tmp_path, 3, env={"QUORUMKV_TOMBSTONE_TTL": str(TTL)})
-    try:
-        replicas.start_all()
+    with running(tmp_path, env={"QUORUMKV_TOMBSTONE_TTL": str(TTL)}) as replicas:
         yield replicas
-    finally:
-        replicas.stop_all()
 
 
 async def key_counts(replicas: Replicas, nodes: list[str] | None = None) -> dict[str, int]:
