@@ -51,7 +51,7 @@ RECOVERED_BUCKETS = 5  # in a row
 
 
 class Load:
-    """Client threads writing random keys; each request's (start, end, ok) is recorded."""
+    """Client threads writing random keys; each request's (start, end, outcome) is recorded."""
 
     def __init__(self, cluster: Cluster, clients: int, keyspace: int, timeout: float) -> None:
         self.cluster = cluster
@@ -85,7 +85,6 @@ class Load:
             method, path, body, headers = self.cluster.put_request(  # type: ignore[attr-defined]
                 key, value)
             started = time.monotonic()
-            outcome = "no answer"
             try:
                 if conn is None:
                     host, port = self.targets[member].rsplit(":", 1)
