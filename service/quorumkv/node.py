@@ -10,6 +10,7 @@ import contextlib
 import logging
 import socket
 import uuid
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -145,11 +146,18 @@ class Node:
         return PeerLink(peer, url, session=self._session, membership=self.membership,
                         token=self.settings.auth_token, timeout=timeout,
                         observe=None if forwarding else self.metrics.observe_batch,
-                        on_down=None if forwarding else self._peer_lost)
+                        on_down=None if forwarding else partial(self._peer_lost, peer))
 
-    def _peer_lost(self) -> None:
-        """Cut off from a peer, maybe from more: others may now write the keys we are home
-        of, and the promises we hold for them would make our one-round-trip accepts fail."""
+    def _peer_lost(self, peer: str) -> None:
+        """The voter link to `peer` found it silent (a heartbeat or batch got no answer).
+
+        Changes waiting to be forwarded to it can go another way now; and cut off from a
+        peer, maybe from more, we may see others write the keys we are home of, so the
+        promises we hold for them would make our one-round-trip accepts fail.
+        """
+        forward = self.forward_links.get(peer)
+        if forward is not None:
+            forward.abandon(f"{peer} stopped answering")
         if self.coordinator is not None:
             self.coordinator.forget_promises()
 
@@ -199,12 +207,7 @@ class Node:
 
     async def _heartbeat(self) -> None:
         while True:
-            peers = list(self.links.items())
-            answered = await asyncio.gather(*(link.heartbeat() for _, link in peers))
-            for (peer, _), alive in zip(peers, answered, strict=True):
-                forward = self.forward_links.get(peer)
-                if not alive and forward is not None:  # its changes can go another way now
-                    forward.abandon(f"{peer} did not answer a heartbeat")
+            await asyncio.gather(*(link.heartbeat() for link in self.links.values()))
             for peer, link in self.links.items():
                 self.metrics.peer_reachable.labels(peer).set(1 if link.reachable else 0)
             self.metrics.ready.set(1 if self.ready else 0)

@@ -138,7 +138,7 @@ class LocalAcceptor:
         return list(self._states)
 
     def forget_all(self) -> asyncio.Future[None] | None:
-        """Drop every key's state (durably: each row is overwritten with an empty state).
+        """Drop every key's state (durably: each row is deleted).
 
         Promises need no keeping: the durable floor covers them. Returns the commit to wait
         for, or None when there was nothing to forget.
