@@ -12,6 +12,8 @@ from quorumkv.errors import QuorumUnavailable, ServiceError
 
 log = logging.getLogger("quorumkv.http")
 
+JSON = "application/json"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -19,21 +21,25 @@ def error_body(error: str, detail: str = "") -> bytes:
     return orjson.dumps({"error": error, "detail": detail})
 
 
+def error_headers(exc: ServiceError) -> dict[str, str]:
+    """Headers that go with the error's status: when to retry a 503."""
+    if isinstance(exc, QuorumUnavailable):
+        return {"Retry-After": str(exc.retry_after)}
+    return {}
+
+
 def error_response(status: int, error: str, detail: str = "",
                    headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=error_body(error, detail),
-                        content_type="application/json", headers=headers)
+                        content_type=JSON, headers=headers)
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except QuorumUnavailable as exc:
-        return error_response(exc.status, exc.error, exc.detail,
-                              {"Retry-After": str(exc.retry_after)})
     except ServiceError as exc:
-        return error_response(exc.status, exc.error, exc.detail)
+        return error_response(exc.status, exc.error, exc.detail, error_headers(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,0 +1,123 @@
+"""The key operations of the client API (SPEC.md), free of any HTTP framework.
+
+Two HTTP front ends call these: the aiohttp routes (`client_api`) and the lean keep-alive path
+(`fast_path`), so both answer a request the same way. Each function takes what it needs from
+the request, already parsed, and returns the answer or raises a `ServiceError`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+from quorumkv.core.changes import Change, Delete, Outcome, Put
+from quorumkv.core.keys import InvalidKey, decode_key
+from quorumkv.core.register import Register
+from quorumkv.errors import (
+    BadRequest,
+    NotFound,
+    PreconditionFailed,
+    QuorumUnavailable,
+    ValueTooLarge,
+)
+from quorumkv.node import Node
+
+KV_PREFIX = "/v1/kv/"
+OCTET_STREAM = "application/octet-stream"
+
+
+class Answer(NamedTuple):
+    status: int
+    etag: str | None = None  # the ETag header, when the answer names a version
+    body: bytes = b""
+    content_type: str | None = None  # of `body`; None when the answer has no body
+
+
+def key_of(raw_target: str) -> str:
+    """The key from the raw request target (path and query), percent-decoded by us,
+    strictly, so `%2F` stays in the key."""
+    raw = raw_target.split("?", 1)[0]
+    try:
+        return decode_key(raw[len(KV_PREFIX):])
+    except InvalidKey as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def check_length(node: Node, length: int) -> None:
+    """Refuse a value longer than the limit, before reading it."""
+    limit = node.settings.max_value_bytes
+    if length > limit:
+        raise ValueTooLarge(f"the value is {length} bytes; the limit is {limit}")
+
+
+async def get(node: Node, key: str) -> Answer:
+    started = time.perf_counter()
+    assert node.coordinator is not None
+    try:
+        register = await node.coordinator.read(key)
+    except QuorumUnavailable as exc:
+        _observe_unavailable(node, "get", exc, started)
+        raise
+    if register.value is None:
+        _observe(node, "get", 404, started)
+        raise NotFound(f"key {key!r} does not exist")
+    _observe(node, "get", 200, started)
+    return Answer(200, register.etag or "", register.value, OCTET_STREAM)
+
+
+def put_change(value: bytes, if_match: str | None, if_none_match: str | None) -> Put:
+    """The change a PUT asks for; only `If-None-Match: *` (create-only) is supported."""
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise BadRequest("only `If-None-Match: *` (create-only) is supported on PUT")
+    if if_none_match is not None and if_match is not None:
+        raise BadRequest("If-Match and If-None-Match cannot be combined")
+    return Put(value, if_match=if_match, create_only=if_none_match is not None)
+
+
+async def put(node: Node, key: str, change: Put) -> Answer:
+    started = time.perf_counter()
+    outcome, register = await _change(node, "put", key, change, started)
+    status = {Outcome.CREATED: 201, Outcome.REPLACED: 200}.get(outcome)
+    _observe(node, "put", status or 412, started)
+    if status is None:
+        raise PreconditionFailed(_precondition_detail(key, register))
+    return Answer(status, register.etag or "")
+
+
+async def delete(node: Node, key: str, if_match: str | None) -> Answer:
+    started = time.perf_counter()
+    outcome, register = await _change(node, "delete", key, Delete(if_match), started)
+    if outcome is Outcome.DELETED:
+        _observe(node, "delete", 204, started)
+        return Answer(204)
+    if outcome is Outcome.NOT_FOUND:
+        _observe(node, "delete", 404, started)
+        raise NotFound(f"key {key!r} does not exist")
+    _observe(node, "delete", 412, started)
+    raise PreconditionFailed(_precondition_detail(key, register))
+
+
+async def _change(
+    node: Node, op: str, key: str, change: Change, started: float
+) -> tuple[Outcome, Register]:
+    assert node.coordinator is not None
+    try:
+        return await node.coordinator.change(key, change)
+    except QuorumUnavailable as exc:
+        _observe_unavailable(node, op, exc, started)
+        raise
+
+
+def _observe(node: Node, op: str, status: int, started: float) -> None:
+    node.metrics.observe_request(op, status, time.perf_counter() - started)
+
+
+def _observe_unavailable(node: Node, op: str, exc: QuorumUnavailable, started: float) -> None:
+    node.metrics.quorum_failures.labels(op, str(exc.indeterminate).lower()).inc()
+    _observe(node, op, 503, started)
+
+
+def _precondition_detail(key: str, register: Register) -> str:
+    if register.exists:
+        return f"key {key!r} is at version {register.etag}"
+    return f"key {key!r} does not exist"

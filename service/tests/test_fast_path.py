@@ -1,0 +1,206 @@
+"""The lean HTTP path for key requests: what it takes, what it hands to aiohttp, and that
+clients cannot tell the two apart (raw bytes on real sockets to real replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import NamedTuple
+
+import pytest
+from quorumkv.http import kv
+from quorumkv.http.fast_path import HandOver, Request, encode_answer, parse_request
+from replicas import Replicas
+
+LIMIT = 1024
+
+
+def test_a_plain_key_request_is_parsed_with_its_body_and_conditions() -> None:
+    data = (b"PUT /v1/kv/a%2Fb?x=1 HTTP/1.1\r\nHost: h\r\nIf-Match: \"1.0.1\"\r\n"
+            b"content-length: 3\r\n\r\nabcGET")
+    parsed = parse_request(data, LIMIT)
+    assert parsed == (Request(b"PUT", "/v1/kv/a%2Fb?x=1", '"1.0.1"', None, b"abc", False),
+                      len(data) - 3)
+
+
+def test_an_incomplete_request_waits_for_more_bytes() -> None:
+    assert parse_request(b"GET /v1/kv/a HTTP/1.1\r\nHost: h\r\n", LIMIT) is None
+    assert parse_request(b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", LIMIT) is None
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+    b"HEAD /v1/kv/a HTTP/1.1\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.0\r\n\r\n",
+    b"GET /v1/kv/ HTTP/1.1\r\n\r\n",
+    b"GET /v1/kv/a b HTTP/1.1\r\n\r\n",
+    b"GET /v1/kv/\xc3\xa9 HTTP/1.1\r\n\r\n",
+    b"GET http://h/v1/kv/a HTTP/1.1\r\n\r\n",
+    b"PUT /v1/kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"PUT /v1/kv/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+    b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+    b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1025\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.1\r\nBad Name: x\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.1\r\n folded: x\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.1\nHost: h\n\n",
+    b"GET /v1/kv/a HTTP/1.1\r\nX: " + b"y" * 40_000,
+    b"GET /v1/kv/a HTTP/1.1\r\nX: " + b"y" * 20_000 + b"\r\n\r\n",
+])
+def test_anything_unusual_goes_to_aiohttp(data: bytes) -> None:
+    assert isinstance(parse_request(data, LIMIT), HandOver)
+
+
+def test_answers_are_written_as_aiohttp_writes_them() -> None:
+    got = encode_answer(kv.Answer(200, '"1.0.1"', b"abc", kv.OCTET_STREAM), close=True)
+    head, body = got.split(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK" and body == b"abc"
+    assert {b'ETag: "1.0.1"', b"Content-Type: application/octet-stream",
+            b"Content-Length: 3", b"Connection: close"} <= set(lines)
+    no_content = encode_answer(kv.Answer(204), close=False)
+    assert no_content.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert b"Content-Length" not in no_content and b"Content-Type" not in no_content
+
+
+class Response(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def read_response(reader: asyncio.StreamReader) -> Response:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
+    return Response(status, headers, body)
+
+
+async def connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+def put(key: str, value: bytes, *headers: str) -> bytes:
+    extra = "".join(f"{h}\r\n" for h in headers)
+    return (f"PUT /v1/kv/{key} HTTP/1.1\r\nHost: t\r\n{extra}Content-Length: {len(value)}"
+            f"\r\n\r\n").encode() + value
+
+
+def request(method: str, key: str, *headers: str) -> bytes:
+    extra = "".join(f"{h}\r\n" for h in headers)
+    return f"{method} /v1/kv/{key} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
+
+
+def conversation(key: str) -> list[bytes]:
+    """Every kind of answer the key API gives, in one keep-alive conversation."""
+    return [
+        request("GET", key),  # 404
+        put(key, b"v1"),  # 201
+        put(key, b"v2"),  # 200
+        request("GET", key),  # 200 with the value
+        put(key, b"v3", "If-None-Match: *"),  # 412
+        put(key, b"v3", 'If-Match: "0.0.0"'),  # 412
+        put(key, b"v3", "If-None-Match: x"),  # 400
+        request("DELETE", key, 'If-Match: "0.0.0"'),  # 412
+        request("DELETE", key),  # 204
+        request("DELETE", key),  # 404
+        put(key, b""),  # 201: an empty value
+        request("GET", key),  # 200, empty body
+        request("GET", "%zz"),  # 400: bad key
+        request("GET", key, "Connection: close"),  # 200, then the server closes
+    ]
+
+
+def normalized(response: Response, key: str) -> tuple[int, dict[str, str], bytes]:
+    """What must be the same on both paths: the version and key named differ."""
+    headers = {name: re.sub(r'"\d+\.[^"]*"', "<etag>", value)
+               for name, value in response.headers.items() if name not in ("date",)}
+    body = re.sub(rb'\\"\d+\.[^"\\]*\\"', b"<etag>", response.body).replace(key.encode(), b"K")
+    return response.status, headers, body
+
+
+@pytest.mark.integration
+async def test_key_requests_are_answered_as_aiohttp_answers_them(cluster: Replicas) -> None:
+    url = cluster.urls["0"]
+    answers = {}
+    for path, key in (("fast", "fast-key"), ("aiohttp", "slow-key")):
+        reader, writer = await connect(url)
+        if path == "aiohttp":  # a connection that starts with another request is aiohttp's
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await read_response(reader)).status == 200
+        got = []
+        for message in conversation(key):
+            writer.write(message)
+            got.append(normalized(await read_response(reader), key))
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after Connection: close
+        writer.close()
+        answers[path] = got
+    assert [status for status, _, _ in answers["fast"]] == \
+        [404, 201, 200, 200, 412, 412, 400, 412, 204, 404, 201, 200, 400, 200]
+    assert answers["fast"] == answers["aiohttp"]
+
+
+@pytest.mark.integration
+async def test_pipelined_requests_are_answered_in_order(cluster: Replicas) -> None:
+    reader, writer = await connect(cluster.urls["1"])
+    writer.write(put("pipe", b"a") + put("pipe", b"bb") + request("GET", "pipe")
+                 + put("pipe", b"c", "If-None-Match: *") + request("GET", "pipe"))
+    answers = [await read_response(reader) for _ in range(5)]
+    writer.close()
+    assert [a.status for a in answers] == [201, 200, 200, 412, 200]
+    assert answers[2].body == b"bb" and answers[4].body == b"bb"
+    assert answers[2].headers["etag"] == answers[1].headers["etag"]
+
+
+@pytest.mark.integration
+async def test_a_connection_is_handed_to_aiohttp_at_the_first_unusual_request(
+    cluster: Replicas,
+) -> None:
+    reader, writer = await connect(cluster.urls["2"])
+    writer.write(put("mixed", b"lean"))
+    assert (await read_response(reader)).status == 201
+    # chunked: aiohttp's from here on, on the same connection
+    writer.write(b"PUT /v1/kv/mixed HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
+    assert (await read_response(reader)).status == 200
+    writer.write(request("GET", "mixed"))
+    assert (await read_response(reader)).body == b"abcdef"
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_response(reader)).status == 200
+    writer.close()
+
+    reader, writer = await connect(cluster.urls["2"])  # a client that waits for 100 Continue
+    writer.write(b"PUT /v1/kv/mixed HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                 b"Content-Length: 2\r\n\r\n")
+    assert (await read_response(reader)).status == 100
+    writer.write(b"xy")
+    assert (await read_response(reader)).status == 200
+    writer.write(b"GET /v1/kv/mixed HTTP/1.0\r\n\r\n")
+    assert (await read_response(reader)).body == b"xy"
+    writer.close()
+
+    reader, writer = await connect(cluster.urls["2"])  # malformed: aiohttp's 400
+    writer.write(request("GET", "mixed") + b"GET /v1/kv/mixed HTTP/1.1\r\nBad Header\r\n\r\n")
+    assert (await read_response(reader)).status == 200
+    assert (await read_response(reader)).status == 400
+    writer.close()
+
+
+@pytest.mark.integration
+async def test_a_half_closed_connection_still_gets_its_answer(cluster: Replicas) -> None:
+    reader, writer = await connect(cluster.urls["0"])
+    writer.write(put("half", b"v"))
+    writer.write_eof()
+    assert (await read_response(reader)).status == 201
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
