@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import NamedTuple
+from types import SimpleNamespace
+from typing import Any, NamedTuple, cast
 
 import pytest
 from quorumkv.http import kv
-from quorumkv.http.fast_path import HandOver, Request, encode_answer, parse_request
+from quorumkv.http.fast_path import FastPath, HandOver, Request, encode_answer, parse_request
+from quorumkv.node import Node
 from replicas import Replicas
 
 LIMIT = 1024
@@ -63,6 +65,33 @@ def test_answers_are_written_as_aiohttp_writes_them() -> None:
     no_content = encode_answer(kv.Answer(204), close=False)
     assert no_content.startswith(b"HTTP/1.1 204 No Content\r\n")
     assert b"Content-Length" not in no_content and b"Content-Type" not in no_content
+
+
+async def test_idle_connections_are_closed_and_shutdown_closes_the_rest() -> None:
+    # no request is sent, so the node is never asked anything: only its value limit is read
+    node = cast(Node, SimpleNamespace(settings=SimpleNamespace(max_value_bytes=LIMIT)))
+
+    def no_fallback() -> Any:
+        raise AssertionError("nothing here is aiohttp's")
+
+    fast_path = FastPath(node, no_fallback, keepalive_timeout=0.3, sweep_interval=0.1)
+    server = await asyncio.get_running_loop().create_server(fast_path, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sweeper = asyncio.create_task(fast_path.close_idle_connections())
+    try:
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # closed by the sweep
+        idle_writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/kv/a HTTP/1.1\r\n")  # the head never completes
+        await asyncio.sleep(0.05)
+        await fast_path.shutdown(timeout=1.0)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        sweeper.cancel()
+        server.close()
 
 
 class Response(NamedTuple):

@@ -192,7 +192,8 @@ class KeyProtocol(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return not self._busy and not self._buf
+        """No request is being answered (a partial one may be arriving, slowly)."""
+        return not self._busy
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -300,20 +301,24 @@ class KeyProtocol(asyncio.Protocol):
 class FastPath:
     """The protocol factory of the listening socket, and the connections it serves."""
 
-    def __init__(self, node: Node, fallback: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(self, node: Node, fallback: Callable[[], asyncio.BaseProtocol], *,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 sweep_interval: float = SWEEP_INTERVAL) -> None:
         self._node = node
         self._fallback = fallback
+        self._keepalive_timeout = keepalive_timeout
+        self._sweep_interval = sweep_interval
         self._connections: set[KeyProtocol] = set()
 
     def __call__(self) -> KeyProtocol:
         return KeyProtocol(self._node, self._fallback, self._connections)
 
     async def close_idle_connections(self) -> None:
-        """Close connections idle for KEEPALIVE_TIMEOUT, as aiohttp does with its own."""
+        """Close connections idle for the keep-alive timeout, as aiohttp does with its own."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            cutoff = loop.time() - KEEPALIVE_TIMEOUT
+            await asyncio.sleep(self._sweep_interval)
+            cutoff = loop.time() - self._keepalive_timeout
             for conn in list(self._connections):
                 if conn.idle and conn.idle_since < cutoff:
                     conn.close()
