@@ -249,10 +249,10 @@ class KeyProtocol(asyncio.Protocol):
         parsed = parse_request(self._buf, self._max_body)
         if parsed is INCOMPLETE:
             if self._eof:
-                self._hand_over()  # aiohttp answers a truncated request as it should
+                self._hand_over(HandOver("truncated by the client"))  # aiohttp answers it
             return
         if isinstance(parsed, HandOver):
-            self._hand_over()
+            self._hand_over(parsed)
             return
         request, end = parsed
         self._buf = self._buf[end:]
@@ -279,8 +279,9 @@ class KeyProtocol(asyncio.Protocol):
         self._resume_reading("pipeline")
         self._next()
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, why: HandOver) -> None:
         """Give the connection, from the buffered request on, to aiohttp."""
+        log.debug("connection handed to aiohttp", extra={"reason": why.reason})
         transport, self._transport = self._transport, None
         assert transport is not None
         self._connections.discard(self)
