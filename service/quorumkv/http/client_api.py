@@ -12,17 +12,17 @@ from quorumkv.errors import NotFound, ValueTooLarge
 from quorumkv.http import kv
 from quorumkv.http.keys import NODE
 
-KV_PREFIX = kv.KV_PREFIX
+KEY_ROUTE = kv.KV_PREFIX + r"{tail:[\s\S]*}"  # the key is taken from the raw path (kv.key_of)
 
 routes = web.RouteTableDef()
 
 
-@routes.get(KV_PREFIX + r"{tail:[\s\S]*}")
+@routes.get(KEY_ROUTE)
 async def get_key(request: web.Request) -> web.Response:
     return _response(await kv.get(request.app[NODE], kv.key_of(request.raw_path)))
 
 
-@routes.put(KV_PREFIX + r"{tail:[\s\S]*}")
+@routes.put(KEY_ROUTE)
 async def put_key(request: web.Request) -> web.Response:
     node = request.app[NODE]
     key = kv.key_of(request.raw_path)
@@ -38,7 +38,7 @@ async def put_key(request: web.Request) -> web.Response:
     return _response(await kv.put(node, key, change._replace(value=value)))
 
 
-@routes.delete(KV_PREFIX + r"{tail:[\s\S]*}")
+@routes.delete(KEY_ROUTE)
 async def delete_key(request: web.Request) -> web.Response:
     return _response(await kv.delete(request.app[NODE], kv.key_of(request.raw_path),
                                      _header(request, "If-Match")))
