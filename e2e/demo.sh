@@ -34,8 +34,17 @@ fi
 kubectl -n "$namespace" get kvc demo >&2
 
 log "writing and reading a key through Service demo"
-kubectl -n "$namespace" exec demo-0 -- quorumkv put hello "it works" \
-    --endpoint http://demo:8080 >&2
+# Ready pods are not yet a reachable Service: its endpoints reach the node's proxy rules a
+# moment later, and until then connections to it are refused. The write is idempotent.
+for attempt in $(seq 30); do
+    if kubectl -n "$namespace" exec demo-0 -- quorumkv put hello "it works" \
+        --endpoint http://demo:8080 >&2; then
+        break
+    fi
+    [ "$attempt" -lt 30 ] || die "could not write through Service demo for 30 s"
+    log "Service demo not reachable yet; retrying in 1 s"
+    sleep 1
+done
 value="$(kubectl -n "$namespace" exec demo-1 -- quorumkv get hello --endpoint http://demo:8080)"
 [ "$value" = "it works" ] || die "read back '$value' instead of 'it works'"
 log "demo ready in $((SECONDS - started)) s"
