@@ -66,18 +66,15 @@ class NotSent(NamedTuple):
 PathObserver = Callable[[str], None]  # "fast_read", "slow_read", "fast_write", "conflict", …
 
 
-def home_of(key: str, voters: Iterable[str]) -> str:
-    """The key's home: rendezvous hashing over the voters, the same on every replica."""
-    return max(voters, key=lambda node: _score(node, key))
-
-
 def rendezvous_order(key: str, voters: Iterable[str]) -> list[str]:
-    """The voters by preference to be the key's home, its home first."""
-    return sorted(voters, key=lambda node: _score(node, key), reverse=True)
+    """The voters by preference to be the key's home (rendezvous hashing), the same on every
+    replica."""
+    return sorted(voters, key=lambda node: zlib.crc32(f"{node}\0{key}".encode()), reverse=True)
 
 
-def _score(node: str, key: str) -> int:
-    return zlib.crc32(f"{node}\0{key}".encode())
+def home_of(key: str, voters: Iterable[str]) -> str:
+    """The key's home: first in its rendezvous order."""
+    return rendezvous_order(key, voters)[0]
 
 
 class Coordinator:
