@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jepsen.procs import free_port
+
 
 def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """`count` distinct loopback ports, from below the ephemeral range (see `free_port`)."""
+    ports: list[int] = []
+    for _ in range(count):
+        ports.append(free_port(["127.0.0.1"], taken=ports))
+    return ports
 
 
 class Replicas:
@@ -121,12 +119,17 @@ class Replicas:
         deadline = time.monotonic() + timeout
         for node in nodes:
             while self.status(node, path) != 200:
-                proc = self.procs.get(node)
-                if proc is not None and proc.poll() is not None:
-                    raise AssertionError(f"replica {node} exited: {self.log(node)[-2000:]}")
+                self.check_running()
                 if time.monotonic() > deadline:
                     raise AssertionError(f"replica {node} not ready: {self.log(node)[-2000:]}")
                 time.sleep(0.1)
+
+    def check_running(self) -> None:
+        """Fail with its log if any replica has exited: one that could not start (its port
+        taken, say) keeps a new cluster from bootstrapping, so the others never get ready."""
+        for node, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(f"replica {node} exited: {self.log(node)[-2000:]}")
 
     def log(self, node: str) -> str:
         path = self.root / f"node-{node}.log"

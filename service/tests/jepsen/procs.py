@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -41,12 +41,26 @@ def loopback_nodes(count: int, port: int, first_host: int = 2) -> list[NodeAddr]
     return [NodeAddr(str(i), f"127.0.0.{first_host + i}", port) for i in range(count)]
 
 
-def free_port(hosts: Sequence[str], rng: random.Random | None = None) -> int:
-    """A TCP port free on every host (tried by binding), from a random high range so that
-    concurrent test runs on the same machine do not collide."""
+def ephemeral_floor() -> int:
+    """The lowest port the kernel hands out to outgoing connections: a port picked at or above
+    it can be taken by some replica's client socket before the replica meant for it binds."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def free_port(hosts: Sequence[str], rng: random.Random | None = None,
+              taken: Collection[int] = ()) -> int:
+    """A TCP port free on every host (tried by binding), not in `taken`, chosen at random
+    below the ephemeral range so that neither concurrent test runs nor outgoing
+    connections take it between this check and the replica's bind."""
     rng = rng or random.Random()
+    high = max(ephemeral_floor() - 1, 11000)
     for _ in range(200):
-        port = rng.randint(20000, 60000)
+        port = rng.randint(10000, high)
+        if port in taken:
+            continue
         socks: list[socket.socket] = []
         try:
             for host in hosts:
