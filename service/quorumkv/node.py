@@ -27,8 +27,8 @@ from quorumkv.replication.transport import PeerLink
 from quorumkv.settings import ServeSettings
 from quorumkv.storage.base import Storage
 from quorumkv.storage.committer import GroupCommitter
+from quorumkv.storage.log import LogStorage
 from quorumkv.storage.memory import MemoryStorage
-from quorumkv.storage.sqlite import SQLiteStorage
 
 log = logging.getLogger("quorumkv.node")
 
@@ -41,7 +41,7 @@ def open_storage(settings: ServeSettings) -> tuple[Storage, str, int]:
     The incarnation is created with the directory and never changes; the boot counter is
     bumped durably before anything else happens, so ballots of this run are new.
     """
-    disk = SQLiteStorage(settings.data_dir)
+    disk = LogStorage(settings.data_dir)
     incarnation = disk.get_meta("incarnation") or uuid.uuid4().hex
     boot = int(disk.get_meta("boot") or "0") + 1
     disk.commit({}, {"incarnation": incarnation, "boot": str(boot)})

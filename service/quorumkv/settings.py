@@ -24,7 +24,7 @@ class ServeSettings:
     peers: dict[str, str]
     """Every member including this one: node id -> base URL."""
     data_dir: Path
-    """Durable state (SQLite); a restart with the same directory keeps everything acked."""
+    """Durable state (an append-only log); restarting on it keeps everything acknowledged."""
     advertise_url: str = ""
     """How peers reach this replica; defaults to its entry in `peers`."""
     auth_token: str | None = None

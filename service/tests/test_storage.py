@@ -1,16 +1,22 @@
-"""The group committer over real SQLite files: what is durable when, and how it batches."""
+"""The log storage and the group committer over real files: what is durable when, how it
+batches, what a restart finds after a torn write, compaction and an upgrade from SQLite."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
-from quorumkv.core.acceptor import AcceptorState
+import msgpack
+import pytest
+from quorumkv.core.acceptor import INITIAL, AcceptorState
 from quorumkv.core.ballot import Ballot
 from quorumkv.core.register import Register
+from quorumkv.storage import log as log_storage
 from quorumkv.storage.committer import INLINE_SYNC_SLOW, GroupCommitter
-from quorumkv.storage.sqlite import SQLiteStorage
+from quorumkv.storage.log import LOG_NAME, LogError, LogStorage
 
 
 def state(counter: int, value: bytes) -> AcceptorState:
@@ -19,20 +25,20 @@ def state(counter: int, value: bytes) -> AcceptorState:
 
 
 async def test_a_staged_state_is_on_disk_once_its_future_resolves(tmp_path: Path) -> None:
-    storage = SQLiteStorage(tmp_path)
+    storage = LogStorage(tmp_path)
     committer = GroupCommitter(storage)
     durable = committer.stage("k", state(1, b"v1"))
     assert committer.durable("k") is durable
     await durable
     assert committer.durable("k") is None
-    reopened = dict(SQLiteStorage(tmp_path).load())  # what a restart would see
+    reopened = dict(LogStorage(tmp_path).load())  # what a restart would see
     assert reopened == {"k": state(1, b"v1")}
     await committer.close()
 
 
 async def test_what_arrives_during_a_commit_shares_the_next_one(tmp_path: Path) -> None:
     sizes: list[int] = []
-    committer = GroupCommitter(SQLiteStorage(tmp_path), lambda size, _: sizes.append(size))
+    committer = GroupCommitter(LogStorage(tmp_path), lambda size, _: sizes.append(size))
     first = committer.stage("a", state(1, b"a"))
     await asyncio.sleep(0)  # the first commit starts with "a" alone
     rest = [committer.stage(f"k{i}", state(1, b"x")) for i in range(50)]
@@ -42,8 +48,8 @@ async def test_what_arrives_during_a_commit_shares_the_next_one(tmp_path: Path) 
     await committer.close()
 
 
-class StallingDisk(SQLiteStorage):
-    """Real SQLite whose commits take `stall` seconds more, as a disk under pressure does."""
+class StallingDisk(LogStorage):
+    """A real log whose commits take `stall` seconds more, as a disk under pressure does."""
 
     stall = 0.0
 
@@ -75,3 +81,141 @@ async def test_after_a_slow_commit_the_loop_keeps_running_during_the_next(
     assert ticks - before >= 3, "the event loop was blocked during the commit"
     running.cancel()
     await committer.close()
+
+
+def reopened(path: Path) -> tuple[dict[str, AcceptorState], LogStorage]:
+    """What a restart finds (the caller closes the storage)."""
+    storage = LogStorage(path)
+    return dict(storage.load()), storage
+
+
+def test_states_meta_and_removals_survive_a_restart(tmp_path: Path) -> None:
+    storage = LogStorage(tmp_path)
+    storage.commit({"a": state(1, b"a"), "b": state(1, b"b")}, {"boot": "1"})
+    storage.commit({"a": state(2, b"a2"), "b": INITIAL}, {"boot": "2", "floor": "7"})
+    storage.close()
+    states, storage = reopened(tmp_path)
+    assert states == {"a": state(2, b"a2")}
+    assert storage.get_meta("boot") == "2" and storage.get_meta("floor") == "7"
+    storage.close()
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda frame: frame[:len(frame) // 2], id="half a frame"),
+    pytest.param(lambda frame: frame[:5], id="part of a header"),
+    pytest.param(lambda frame: frame[:-1] + bytes([frame[-1] ^ 1]), id="a flipped bit"),
+])
+def test_a_torn_last_frame_is_cut_and_writing_goes_on_after_it(
+    tmp_path: Path, damage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = LogStorage(tmp_path)
+    storage.commit({"a": state(1, b"a")}, {})
+    storage.close()
+    whole = (tmp_path / LOG_NAME).stat().st_size
+    torn = damage(log_storage.encode_frame({"b": state(1, b"b")}, {}))  # type: ignore[operator]
+    with open(tmp_path / LOG_NAME, "ab") as f:  # a commit a crash interrupted
+        f.write(torn)
+    states, storage = reopened(tmp_path)
+    assert states == {"a": state(1, b"a")}
+    assert (tmp_path / LOG_NAME).stat().st_size == whole
+    assert [r.cut_bytes for r in caplog.records if "torn frame" in r.msg] == [len(torn)]
+    storage.commit({"c": state(1, b"c")}, {})
+    storage.close()
+    states, storage = reopened(tmp_path)
+    assert states == {"a": state(1, b"a"), "c": state(1, b"c")}
+    storage.close()
+
+
+def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Path) -> None:
+    (tmp_path / LOG_NAME).write_bytes(b"something else entirely")
+    with pytest.raises(LogError, match="not a QuorumKV log"):
+        LogStorage(tmp_path)
+    assert (tmp_path / LOG_NAME).read_bytes() == b"something else entirely"
+
+
+def test_compaction_keeps_live_states_and_shrinks_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(log_storage, "COMPACT_MIN_BYTES", 64 << 10)
+    storage = LogStorage(tmp_path)
+    expected: dict[str, AcceptorState] = {}
+    for counter in range(1, 400):  # ten keys overwritten again and again, one deleted
+        batch = {f"k{i}": state(counter, b"x" * 100) for i in range(10)}
+        batch["k9"] = INITIAL if counter % 2 else state(counter, b"x")
+        storage.commit(batch, {"boot": str(counter)})
+        expected.update(batch)
+    storage.close()
+    expected.pop("k9")
+    size = (tmp_path / LOG_NAME).stat().st_size
+    assert size < 4 * (64 << 10), size  # without compaction: 400 frames of ~1.2 KB
+    assert not (tmp_path / (LOG_NAME + ".next")).exists()
+    states, storage = reopened(tmp_path)
+    assert states == expected
+    assert storage.get_meta("boot") == "399"
+    storage.close()
+
+
+def test_commits_made_while_a_compaction_runs_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(log_storage, "COMPACT_MIN_BYTES", 16 << 10)
+    release = threading.Event()
+    snapshot = LogStorage._write_snapshot
+
+    def slow_snapshot(self: LogStorage, *args: object) -> int:
+        release.wait(10)
+        return snapshot(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LogStorage, "_write_snapshot", slow_snapshot)
+    storage = LogStorage(tmp_path)
+    counter = 0
+    while storage._compaction is None:  # fill until a compaction starts
+        counter += 1
+        storage.commit({"hot": state(counter, b"y" * 200)}, {})
+    for i in range(50):  # while it runs
+        storage.commit({f"new{i}": state(1, b"n")}, {})
+    release.set()
+    storage._compaction.result()
+    storage.commit({"last": state(1, b"l")}, {})  # this sync installs the compacted log
+    assert storage._compaction is None
+    storage.commit({"after": state(1, b"a")}, {})  # appended to the new log
+    storage.close()
+    states, storage = reopened(tmp_path)
+    assert states == {"hot": state(counter, b"y" * 200), "last": state(1, b"l"),
+                      "after": state(1, b"a"), **{f"new{i}": state(1, b"n") for i in range(50)}}
+    storage.close()
+
+
+def test_a_left_over_compaction_file_is_removed_at_start(tmp_path: Path) -> None:
+    storage = LogStorage(tmp_path)
+    storage.commit({"a": state(1, b"a")}, {})
+    storage.close()
+    (tmp_path / (LOG_NAME + ".next")).write_bytes(b"half a snapshot")  # crash mid-compaction
+    states, storage = reopened(tmp_path)
+    assert states == {"a": state(1, b"a")}
+    assert not (tmp_path / (LOG_NAME + ".next")).exists()
+    storage.close()
+
+
+def test_a_data_directory_of_the_sqlite_era_is_converted(tmp_path: Path) -> None:
+    """The schema and row format the replica used before the log, written as it wrote them."""
+    with sqlite3.connect(tmp_path / "quorumkv.sqlite3") as db:
+        db.executescript("""
+            CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE registers (key TEXT PRIMARY KEY, state BLOB NOT NULL, value BLOB)
+                WITHOUT ROWID;
+        """)
+        db.executemany("INSERT INTO meta VALUES (?, ?)",
+                       [("incarnation", "abc"), ("boot", "4")])
+        ballot = [3, "1", 2]
+        db.executemany("INSERT INTO registers VALUES (?, ?, ?)", [
+            ("live", msgpack.packb([ballot, ballot, ballot]), b"value"),
+            ("deleted", msgpack.packb([ballot, ballot, ballot]), None),
+        ])
+    states, storage = reopened(tmp_path)
+    b = Ballot(3, "1", 2)
+    assert states == {"live": AcceptorState(b, b, Register(b"value", b)),
+                      "deleted": AcceptorState(b, b, Register(None, b))}
+    assert storage.get_meta("incarnation") == "abc" and storage.get_meta("boot") == "4"
+    storage.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOG_NAME]
