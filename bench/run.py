@@ -800,7 +800,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
           f"over {'all replicas' if p['qkv_target'] == 'all' else 'replica 0'} "
           "(1-connection runs: replica 0).",
           f"- Data directories on {env['data_fs']} ({env['data_dir']}), fsync real (etcd WAL "
-          "fsync; QuorumKV SQLite synchronous=FULL).",
+          "fsync; QuorumKV log fdatasync per commit).",
           f"- {env['cpus']} CPUs; servers, wrk and anything else share them.", "",
           "",
           "CPU ms/op: CPU time of all three server processes per successful operation (from "
