@@ -22,7 +22,8 @@ class Metrics:
                                        "Requests answered 503 for want of a quorum",
                                        ["op", "indeterminate"], registry=r)
         self.paths = LoopCounter("quorumkv_paxos_paths",
-                                 "Protocol paths taken: fast/slow reads and writes, conflicts",
+                                 "Protocol paths taken: fast/slow reads and writes, fast "
+                                 "creates, conflicts",
                                  ["path"])
         r.register(self.paths)
         self.peer_reachable = Gauge("quorumkv_peer_reachable", "1 if the peer answers",

@@ -1,8 +1,8 @@
 """A deterministic simulated network for the pure protocol core.
 
 Acceptors are the real `core.acceptor` functions; clients drive the real `core.proposer`
-state machine (prepare, the one-round-trip accept path, fast reads). The network loses,
-delays, reorders and duplicates messages; acceptors crash and restart exactly as replicas do:
+state machine (prepare, the one-round-trip accept path, fast reads, fast creates). The network
+loses, delays, reorders and duplicates messages; acceptors crash and restart exactly as replicas do:
 they keep what was committed (accepted states and the promise floor) and lose the promises
 kept in memory (or, in the deliberately broken mode, everything). One seed decides it all.
 
@@ -27,10 +27,11 @@ from typing import Any
 
 from quorumkv.core import acceptor, proposer
 from quorumkv.core.acceptor import INITIAL, AcceptorState
-from quorumkv.core.ballot import Ballot
-from quorumkv.core.changes import Change, Delete, Identity, Put
-from quorumkv.core.messages import Accept, Prepare, Purge, Read, Reply, Request
+from quorumkv.core.ballot import ZERO, Ballot
+from quorumkv.core.changes import Change, Delete, Identity, Outcome, Put
+from quorumkv.core.messages import Accept, FastAccept, Prepare, Purge, Read, Reply, Request
 from quorumkv.core.quorum import Config
+from quorumkv.core.register import EMPTY
 
 
 @dataclasses.dataclass
@@ -45,6 +46,9 @@ class Faults:
     collect_rate: float = 0.0  # per tick: the collector tries to purge one key's tombstone
     collect_on_quorum: bool = False  # BROKEN on purpose: purge once a quorum holds it
     purge_without_floor: bool = False  # BROKEN on purpose: a purge forgets the key's promise
+    fast_create_rate: float = 0.0  # share of creates that try the fast round first
+    fast_on_quorum: bool = False  # BROKEN on purpose: a fast create is done once a quorum
+    # (not every acceptor) took it
 
 
 @dataclasses.dataclass
@@ -79,6 +83,9 @@ class ClientState:
     last_etag: dict[str, str | None] = dataclasses.field(default_factory=dict)
     attempts: int = 0
     fast_base: Any = None  # the cached register a one-round-trip accept was computed from
+    high: Ballot = ZERO  # the highest ballot this client used or saw: new
+    # proposals start above it, so the client never uses one ballot twice (as a replica's
+    # own acceptor ensures)
 
 
 class Simulation:
@@ -110,6 +117,7 @@ class Simulation:
         self.collections: list[Collection] = []
         self.purged_head: dict[str, Ballot] = {}  # key -> version of its last purged tombstone
         self.purged = 0
+        self.fast_creates = 0  # creates done in their fast round
 
     # -- network ---------------------------------------------------------------------------
     def send(self, event: tuple[Any, ...]) -> None:
@@ -132,7 +140,7 @@ class Simulation:
         state = states.get(request.key, acceptor.restored(INITIAL, self.initial[node]))
         reply: Reply
         if isinstance(request, Read):
-            reply = acceptor.Promise(state.accepted, state.register)
+            reply = acceptor.report(state)
         elif isinstance(request, Prepare):
             state, reply = acceptor.prepare(state, request.ballot)
             raised = acceptor.raised_floor(request.ballot, self.floor[node])
@@ -140,8 +148,8 @@ class Simulation:
                     and not self.faults.no_floor:
                 self.floor[node] = raised  # durable before the reply is sent
         else:
-            state, reply = acceptor.accept(state, request.ballot, request.register,
-                                           request.next_promise)
+            vote = acceptor.accept if isinstance(request, Accept) else acceptor.fast_accept
+            state, reply = vote(state, request.ballot, request.register, request.next_promise)
             if isinstance(reply, acceptor.Accepted):
                 self.persisted[node][request.key] = state
                 self.note_accept(node, request)
@@ -154,7 +162,7 @@ class Simulation:
         state = self.state[node].get(request.key)
         if isinstance(request, Read):
             state = state or acceptor.restored(INITIAL, self.initial[node])
-            self.send(("collected", index, node, acceptor.Promise(state.accepted, state.register)))
+            self.send(("collected", index, node, acceptor.report(state)))
             return
         need = None if state is None else acceptor.purge_floor(state, request.accepted)
         if need is not None:  # the row's removal and the floor: one durable commit
@@ -198,15 +206,23 @@ class Simulation:
         """What a version of None stands for: the last purged tombstone of the key, if any."""
         return self.purged_head.get(key) if version is None else version
 
-    def note_accept(self, node: str, request: Accept) -> None:
+    def note_accept(self, node: str, request: Accept | FastAccept) -> None:
+        """Record a vote; a value is chosen once a quorum (a fast vote: every acceptor)
+        cast it."""
         slot = (request.key, request.ballot)
         register, nodes = self.accepted_at.setdefault(slot, (request.register, set()))
         if register != request.register:
             self.problems.append(f"{request.key}: two values accepted at {request.ballot}")
             return
-        before = self.config.is_quorum(nodes)
+
+        def chosen(voters: set[str]) -> bool:
+            if isinstance(request, FastAccept):
+                return voters == self.config.voters
+            return self.config.is_quorum(voters)
+
+        before = chosen(nodes)
         nodes.add(node)
-        if not before and self.config.is_quorum(nodes):
+        if not before and chosen(nodes):
             self.chosen[request.key].append(
                 (request.ballot, self.absent_version(request.key, request.register.version)))
 
@@ -252,21 +268,30 @@ class Simulation:
         cached = client.cache.pop(key, None)
         if isinstance(change, Identity):
             client.proposal, send = proposer.begin_read(key, self.config, client.node, 1,
-                                                        Ballot(0, "", 0))
+                                                        client.high)
         elif cached is not None and self.rng.random() < 0.7:
             client.fast_base = cached[1]
             client.proposal, send = proposer.begin_accept(
                 key, change, self.config, client.node, 1, cached[0], cached[1])
+        elif isinstance(change, Put) and change.create_only \
+                and self.rng.random() < self.faults.fast_create_rate:
+            client.proposal, send = proposer.begin_fast_create(
+                key, change, self.config, client.node, 1, client.high)
         else:
             client.proposal, send = proposer.begin_prepare(
-                key, change, self.config, client.node, 1, Ballot(0, "", 0))
+                key, change, self.config, client.node, 1, client.high)
         self.broadcast(client, send.message)
 
     def broadcast(self, client: ClientState, message: Request) -> None:
-        if isinstance(message, Accept) and message.register.version == message.ballot:
-            assert client.proposal is not None
-            best = client.proposal.best
-            base = best.register if best is not None else client.fast_base
+        assert client.proposal is not None
+        client.high = max(client.high, client.proposal.ballot)
+        if isinstance(message, Accept | FastAccept) \
+                and message.register.version == message.ballot:
+            replies = client.proposal.replies
+            if isinstance(message, FastAccept):
+                base = EMPTY  # computed from "absent"
+            else:
+                base = proposer.choose(replies).register if replies else client.fast_base
             self.parent[(message.key, message.ballot)] = self.absent_version(message.key,
                                                                              base.version)
         for node in self.nodes:
@@ -289,6 +314,13 @@ class Simulation:
         if client.proposal is None or client.retry_at is not None:
             return
         client.proposal, action = proposer.on_reply(client.proposal, node, request, reply)
+        client.high = max(client.high, client.proposal.highest_seen)
+        prop = client.proposal
+        if self.faults.fast_on_quorum and prop.phase is proposer.Phase.FAST \
+                and isinstance(action, proposer.Continue | proposer.Indeterminate) \
+                and self.config.is_quorum(prop.ok):
+            assert prop.proposed is not None and isinstance(prop.message, FastAccept)
+            action = proposer.Done(Outcome.CREATED, prop.proposed, None)
         self.act(client, action)
 
     def act(self, client: ClientState, action: proposer.Action) -> None:
@@ -297,6 +329,7 @@ class Simulation:
         if isinstance(action, proposer.Send):
             self.broadcast(client, action.message)
         elif isinstance(action, proposer.Done):
+            self.fast_creates += client.proposal.phase is proposer.Phase.FAST
             if action.next_ballot is not None:
                 client.cache[key] = (action.next_ballot, action.register)
             client.last_etag[key] = action.register.etag
@@ -315,7 +348,7 @@ class Simulation:
             return
         assert client.proposal is not None
         if self.now >= client.deadline:
-            accepted = client.proposal.phase is proposer.Phase.ACCEPT
+            accepted = client.proposal.phase.voted
             self.finish(client, "indeterminate" if accepted else "failed")
         elif client.retry_at is not None and self.now >= client.retry_at:
             client.retry_at = None
@@ -378,4 +411,5 @@ class Simulation:
             counts[op.outcome] += 1
         counts["chosen"] = sum(len(c) for c in self.chosen.values())
         counts["purged"] = self.purged
+        counts["fast_creates"] = self.fast_creates
         return dict(counts)

@@ -8,7 +8,7 @@ from quorumkv.core.acceptor import INITIAL, Accepted, Conflict, Promise
 from quorumkv.core.ballot import ZERO, Ballot
 from quorumkv.core.changes import Delete, Identity, Outcome, Put, apply_change
 from quorumkv.core.keys import InvalidKey, decode_key
-from quorumkv.core.messages import Accept, Prepare, Read
+from quorumkv.core.messages import Accept, FastAccept, Prepare, Read
 from quorumkv.core.quorum import Config
 from quorumkv.core.register import EMPTY, Register, etag_matches
 
@@ -226,3 +226,77 @@ def test_purge_forgets_only_the_checked_tombstone_and_covers_its_promise() -> No
     live = tombstone._replace(register=Register(b"back", Ballot(7, "a", 1)))
     assert acceptor.purge_floor(live, Ballot(7, "a", 1)) is None
     assert acceptor.purge_floor(INITIAL, ZERO) is None
+
+
+# -- fast creates ---------------------------------------------------------------------------
+
+def test_fast_vote_only_from_an_acceptor_without_a_vote() -> None:
+    reg = Register(b"v", B1)
+    state, reply = acceptor.fast_accept(INITIAL, B1, reg, B2)
+    assert reply == Accepted() and state == acceptor.AcceptorState(B2, B1, reg, fast=True)
+    assert acceptor.report(state) == Promise(B1, reg, fast=True)
+    prepared, _ = acceptor.prepare(INITIAL, B1)  # a promise alone is no vote
+    assert acceptor.fast_accept(prepared, B1, reg, None)[1] == Accepted()
+    voted, _ = acceptor.accept(INITIAL, B1, Register(b"w", B1), None)
+    assert acceptor.fast_accept(voted, B2, Register(b"v", B2), None) == (voted, Conflict(B1))
+    promised, _ = acceptor.prepare(INITIAL, B2)  # promised higher: refused
+    assert acceptor.fast_accept(promised, B1, reg, None) == (promised, Conflict(B2))
+
+
+def test_choose_adopts_a_fast_vote_only_when_every_replier_holds_it() -> None:
+    fast = Promise(B2, Register(b"fast", B2), fast=True)
+    regular = Promise(B1, Register(b"old", B1))
+    assert proposer.choose((fast, fast)) == fast
+    assert proposer.choose((fast, regular)) == regular  # outranks the fast vote's ballot
+    assert proposer.choose((fast, Promise(ZERO, EMPTY))) == proposer.NO_VOTE
+    other = Promise(Ballot(3, "c", 1), Register(b"other", Ballot(3, "c", 1)), fast=True)
+    assert proposer.choose((fast, other)) == proposer.NO_VOTE
+    assert proposer.choose((regular, Promise(B2, Register(b"new", B2)))).accepted == B2
+
+
+def _fast_create() -> tuple[proposer.Proposal, FastAccept]:
+    prop, send = proposer.begin_fast_create("k", Put(b"v", create_only=True), CONFIG, "a", 1,
+                                            ZERO)
+    assert isinstance(send.message, FastAccept) and send.message.register.value == b"v"
+    return prop, send.message
+
+
+def test_fast_create_is_done_only_when_every_voter_accepted() -> None:
+    prop, vote = _fast_create()
+    for node in ("a", "b"):
+        prop, action = proposer.on_reply(prop, node, vote, Accepted())
+        assert isinstance(action, proposer.Continue)  # a quorum is not enough
+    prop, action = proposer.on_reply(prop, "c", vote, Accepted())
+    assert isinstance(action, proposer.Done) and action.outcome is Outcome.CREATED
+    assert action.register == vote.register and action.next_ballot == vote.next_promise
+
+
+def test_fast_create_refused_by_all_but_a_minority_retries() -> None:
+    """No quorum is left that could hold the fast vote unanimously: it can never be adopted,
+    so the create may run again through a prepare."""
+    prop, vote = _fast_create()
+    prop, _ = proposer.on_reply(prop, "a", vote, Accepted())
+    prop, action = proposer.on_reply(prop, "b", vote, Conflict(B1))
+    assert isinstance(action, proposer.Continue)
+    prop, action = proposer.on_reply(prop, "c", vote, Conflict(B2))
+    assert action == proposer.Retry(B2)
+
+
+def test_fast_create_accepted_by_a_quorum_but_refused_by_one_is_indeterminate() -> None:
+    prop, vote = _fast_create()
+    prop, _ = proposer.on_reply(prop, "a", vote, Accepted())
+    prop, _ = proposer.on_reply(prop, "b", vote, Accepted())
+    prop, action = proposer.on_reply(prop, "c", vote, Conflict(B1))
+    assert isinstance(action, proposer.Indeterminate)
+
+
+def test_read_of_a_fast_vote_returns_it_only_from_every_voter() -> None:
+    fast = Promise(B1, Register(b"v", B1), fast=True)
+    prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
+    prop, _ = proposer.on_reply(prop, "a", send.message, fast)
+    prop, action = proposer.on_reply(prop, "b", send.message, fast)
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
+    prop, send = proposer.begin_read("k", Config(1, frozenset({"a", "b"})), "a", 1, ZERO)
+    prop, _ = proposer.on_reply(prop, "a", send.message, fast)
+    prop, action = proposer.on_reply(prop, "b", send.message, fast)
+    assert isinstance(action, proposer.Done) and action.register == fast.register

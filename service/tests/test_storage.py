@@ -91,11 +91,12 @@ def reopened(path: Path) -> tuple[dict[str, AcceptorState], LogStorage]:
 
 def test_states_meta_and_removals_survive_a_restart(tmp_path: Path) -> None:
     storage = LogStorage(tmp_path)
+    fast = state(3, b"f")._replace(fast=True)  # a create's fast vote
     storage.commit({"a": state(1, b"a"), "b": state(1, b"b")}, {"boot": "1"})
-    storage.commit({"a": state(2, b"a2"), "b": INITIAL}, {"boot": "2", "floor": "7"})
+    storage.commit({"a": state(2, b"a2"), "b": INITIAL, "f": fast}, {"boot": "2", "floor": "7"})
     storage.close()
     states, storage = reopened(tmp_path)
-    assert states == {"a": state(2, b"a2")}
+    assert states == {"a": state(2, b"a2"), "f": fast}
     assert storage.get_meta("boot") == "2" and storage.get_meta("floor") == "7"
     storage.close()
 

@@ -10,6 +10,11 @@ that safe is the promise floor: a durable counter above every promise this accep
 A prepare at or above the floor raises it durably first (rarely: by a large step). After a
 restart every key counts as promised at the floor, so the acceptor refuses every ballot it
 might have promised to refuse before it crashed.
+
+Fast creates (`fast_accept`) are Fast Paxos rounds for keys nobody has written: an acceptor
+votes for a value without a prepare, but only if it holds no vote for the key at all, and
+such a *fast vote* is chosen only once every voter cast it. `core.proposer` adopts a fast
+vote in a later prepare only when every replier holds it (see `choose`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class AcceptorState(NamedTuple):
     promised: Ballot
     accepted: Ballot
     register: Register
+    fast: bool = False  # `accepted` is a fast vote (see `fast_accept`)
 
 
 INITIAL = AcceptorState(ZERO, ZERO, EMPTY)
@@ -51,6 +57,12 @@ def raised_floor(ballot: Ballot, floor: int) -> int | None:
 class Promise(NamedTuple):
     accepted: Ballot
     register: Register
+    fast: bool = False
+
+
+def report(state: AcceptorState) -> Promise:
+    """What a prepare or a read is told about the state."""
+    return Promise(state.accepted, state.register, state.fast)
 
 
 class Accepted(NamedTuple):
@@ -70,7 +82,7 @@ AcceptReply = Accepted | Conflict
 def prepare(state: AcceptorState, ballot: Ballot) -> tuple[AcceptorState, PrepareReply]:
     if ballot <= state.promised or ballot <= state.accepted:
         return state, Conflict(max(state.promised, state.accepted))
-    return state._replace(promised=ballot), Promise(state.accepted, state.register)
+    return state._replace(promised=ballot), report(state)
 
 
 def accept(
@@ -85,6 +97,22 @@ def accept(
         return state, Conflict(max(state.promised, state.accepted))
     promised = ballot if next_promise is None or next_promise <= ballot else next_promise
     return AcceptorState(promised, ballot, register), Accepted()
+
+
+def fast_accept(
+    state: AcceptorState, ballot: Ballot, register: Register, next_promise: Ballot | None
+) -> tuple[AcceptorState, AcceptReply]:
+    """A fast vote for `register` at `ballot`: only from an acceptor with no vote for the key.
+
+    Holding no vote is what a prepare would have reported, so the vote is the prepare and
+    the accept in one step, on this acceptor. It is not the classic guarantee (the proposer
+    has not seen a quorum empty first), which is why a fast vote counts as chosen only when
+    every voter cast it, and why `Conflict` here may also mean "I hold a vote".
+    """
+    if state.accepted != ZERO or ballot < state.promised:
+        return state, Conflict(max(state.promised, state.accepted))
+    promised = ballot if next_promise is None or next_promise <= ballot else next_promise
+    return AcceptorState(promised, ballot, register, fast=True), Accepted()
 
 
 def is_tombstone(state: AcceptorState | Promise) -> bool:

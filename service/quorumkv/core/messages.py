@@ -38,7 +38,17 @@ class Accept(NamedTuple):
     next_promise: Ballot | None
 
 
-Request = Read | Prepare | Accept
+class FastAccept(NamedTuple):
+    """A create's fast round: vote for `register` at `ballot` if you hold no vote for `key`
+    (`core.acceptor.fast_accept`). Chosen only when every voter accepts it."""
+
+    key: str
+    ballot: Ballot
+    register: Register
+    next_promise: Ballot | None
+
+
+Request = Read | Prepare | Accept | FastAccept
 # A read is answered like a promise: the accepted ballot and register, durable.
 Reply = Promise | Accepted | Conflict
 

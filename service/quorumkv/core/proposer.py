@@ -7,7 +7,10 @@ network of the tests both drive this same code, so what the simulation checks is
 Safety rules encoded here:
 - a phase counts replies only from voters of the configuration, each at most once;
 - after an accept was sent the operation is never retried unless every voter explicitly
-  rejected it (then nothing was accepted anywhere); otherwise the outcome is indeterminate.
+  rejected it (then nothing was accepted anywhere); otherwise the outcome is indeterminate;
+- a fast create (Fast Paxos, `begin_fast_create`) is done only when every voter accepted its
+  fast vote; it is retried when so many refused that the others are no quorum (no prepare
+  can ever adopt the vote then, see `choose`), and is indeterminate otherwise.
 """
 
 from __future__ import annotations
@@ -16,17 +19,25 @@ import enum
 from typing import NamedTuple
 
 from quorumkv.core.acceptor import Accepted, Conflict, Promise
-from quorumkv.core.ballot import Ballot
-from quorumkv.core.changes import Change, Identity, Outcome, apply_change
-from quorumkv.core.messages import Accept, Prepare, Read, Reply, Request
+from quorumkv.core.ballot import ZERO, Ballot
+from quorumkv.core.changes import Change, Identity, Outcome, Put, apply_change
+from quorumkv.core.messages import Accept, FastAccept, Prepare, Read, Reply, Request
 from quorumkv.core.quorum import Config
-from quorumkv.core.register import Register
+from quorumkv.core.register import EMPTY, Register
+
+NO_VOTE = Promise(ZERO, EMPTY)
 
 
 class Phase(enum.Enum):
     READ = "read"
     PREPARE = "prepare"
     ACCEPT = "accept"
+    FAST = "fast"  # a create's fast round: accepted by every voter, or not done
+
+    @property
+    def voted(self) -> bool:
+        """Acceptors may hold this proposal's value: retrying could apply it twice."""
+        return self in (Phase.ACCEPT, Phase.FAST)
 
 
 class Proposal(NamedTuple):
@@ -40,8 +51,7 @@ class Proposal(NamedTuple):
     highest_seen: Ballot
     ok: frozenset[str] = frozenset()
     rejected: frozenset[str] = frozenset()
-    best: Promise | None = None  # highest accepted state among promises / read replies
-    uniform: bool = True  # read phase: all replies so far carry the same accepted ballot
+    replies: tuple[Promise, ...] = ()  # the promises / read replies of this phase so far
     proposed: Register | None = None
     outcome: Outcome | None = None
     message: Request | None = None  # what the current phase broadcast; older replies are stale
@@ -104,6 +114,34 @@ def begin_accept(
     return _to_accept(proposal, current)
 
 
+def begin_fast_create(
+    key: str, change: Put, config: Config, node: str, boot: int, seen: Ballot
+) -> tuple[Proposal, Send]:
+    """A create of a key this proposer holds no vote for, in one round trip (Fast Paxos):
+    the fast vote goes to every voter without a prepare, and counts only if all take it."""
+    assert change.create_only
+    ballot = seen.next(node, boot)
+    register, outcome = apply_change(change, EMPTY, ballot)
+    message = FastAccept(key, ballot, register, ballot.next(node, boot))
+    proposal = Proposal(key, change, config, node, boot, Phase.FAST, ballot, ballot,
+                        proposed=register, outcome=outcome, message=message)
+    return proposal, Send(message)
+
+
+def choose(replies: tuple[Promise, ...]) -> Promise:
+    """The state a proposal goes on from, given the replies of a quorum.
+
+    The classic rule is the highest accepted ballot. Fast votes are the exception: one may
+    have been chosen only if every voter cast it, so it is adopted only when every replier
+    holds it. Otherwise none of the fast votes among the replies was chosen, and each fast
+    voter held no vote before it (`acceptor.fast_accept`): they count as holding none.
+    """
+    first = replies[0]
+    if first.fast and all(r.fast and r.accepted == first.accepted for r in replies):
+        return first
+    return max((r for r in replies if not r.fast), key=lambda r: r.accepted, default=NO_VOTE)
+
+
 def on_reply(
     proposal: Proposal, sender: str, request: Request, reply: Reply
 ) -> tuple[Proposal, Action]:
@@ -119,14 +157,16 @@ def on_reply(
             highest_seen=max(proposal.highest_seen, reply.seen),
         )
         return proposal, _after_rejection(proposal)
-    if proposal.phase is Phase.ACCEPT:
+    if proposal.phase.voted:
         if not isinstance(reply, Accepted):
             return proposal, Continue()
         proposal = proposal._replace(ok=proposal.ok | {sender})
-        if not proposal.config.is_quorum(proposal.ok):
+        enough = proposal.ok == proposal.config.voters if proposal.phase is Phase.FAST \
+            else proposal.config.is_quorum(proposal.ok)
+        if not enough:
             return proposal, _after_rejection(proposal)
-        assert proposal.proposed is not None and isinstance(proposal.message, Accept)
-        assert proposal.outcome is not None
+        assert proposal.proposed is not None and proposal.outcome is not None
+        assert isinstance(proposal.message, Accept | FastAccept)
         return proposal, Done(proposal.outcome, proposal.proposed, proposal.message.next_promise)
     if not isinstance(reply, Promise):
         return proposal, Continue()
@@ -134,16 +174,16 @@ def on_reply(
 
 
 def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Proposal, Action]:
-    best = proposal.best
-    uniform = proposal.uniform and (best is None or best.accepted == reply.accepted)
-    if best is None or reply.accepted > best.accepted:
-        best = reply
-    proposal = proposal._replace(ok=proposal.ok | {sender}, best=best, uniform=uniform,
+    proposal = proposal._replace(ok=proposal.ok | {sender}, replies=(*proposal.replies, reply),
                                  highest_seen=max(proposal.highest_seen, reply.accepted))
     if not proposal.config.is_quorum(proposal.ok):
         return proposal, Continue()
+    best = choose(proposal.replies)
     if proposal.phase is Phase.READ:
-        if proposal.uniform:
+        # One round trip when the quorum agrees on a chosen state. A fast vote held by all
+        # repliers may still lack a voter (not chosen yet): settle it with a write-back.
+        uniform = all(r.accepted == best.accepted for r in proposal.replies)
+        if uniform and (not best.fast or proposal.ok == proposal.config.voters):
             outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
             return proposal, Done(outcome, best.register, None)
         # Replicas disagree: finish the latest value with a write-back (identity change).
@@ -166,6 +206,12 @@ def _to_accept(proposal: Proposal, current: Register) -> tuple[Proposal, Send]:
 def _after_rejection(proposal: Proposal) -> Action:
     """Decide once a quorum can no longer be reached in this phase."""
     voters = proposal.config.voters
+    if proposal.phase is Phase.FAST:
+        if not proposal.config.is_quorum(voters - proposal.rejected):
+            return Retry(proposal.highest_seen)  # no quorum can ever adopt the fast vote
+        if proposal.ok | proposal.rejected == voters:
+            return Indeterminate()
+        return Continue()
     if proposal.config.is_quorum(voters - proposal.rejected):
         return Continue()
     if proposal.phase is not Phase.ACCEPT or proposal.rejected == voters:

@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 from quorumkv.core import proposer
 from quorumkv.core.acceptor import Promise
-from quorumkv.core.ballot import Ballot
-from quorumkv.core.changes import Change, Identity, Outcome
+from quorumkv.core.ballot import ZERO, Ballot
+from quorumkv.core.changes import Change, Identity, Outcome, Put
 from quorumkv.core.messages import (
     Forward,
     Forwarded,
@@ -165,8 +165,7 @@ class Coordinator:
                     return action.outcome, action.register
                 self._promised.pop(key, None)
                 restart = isinstance(action, Retry | NotSent) or (
-                    action is None and prop.phase is not proposer.Phase.ACCEPT
-                    and self._epoch_changed(prop))
+                    action is None and not prop.phase.voted and self._epoch_changed(prop))
                 if restart:
                     attempts += 1
                     self._observe("conflict")
@@ -180,8 +179,7 @@ class Coordinator:
                     prop, send = proposer.begin_prepare(key, change, self._membership.config,
                                                         self._node, self._boot, seen)
                     continue
-                indeterminate = isinstance(action, Indeterminate) or \
-                    prop.phase is proposer.Phase.ACCEPT
+                indeterminate = isinstance(action, Indeterminate) or prop.phase.voted
                 raise QuorumUnavailable(
                     f"no quorum confirmed the change of {key!r} in time"
                     + ("; it may still take effect" if indeterminate else ""),
@@ -233,9 +231,24 @@ class Coordinator:
             self._observe("fast_write")
             return proposer.begin_accept(key, change, config, self._node, self._boot,
                                          cached[0], cached[1])
+        if isinstance(change, Put) and change.create_only and self._fast_create_likely(key):
+            self._observe("fast_create")
+            return proposer.begin_fast_create(key, change, config, self._node, self._boot,
+                                              self._local.seen(key))
         self._observe("slow_write")
         return proposer.begin_prepare(key, change, config, self._node, self._boot,
                                       self._local.seen(key))
+
+    def _fast_create_likely(self, key: str) -> bool:
+        """Try a create's fast round only when it should succeed: it needs every voter, and
+        one that refuses or does not answer can make the create indeterminate (`503`). So:
+        this replica holds no vote for the key, and every voter answers."""
+        if self._local.state(key).accepted != ZERO:
+            return False
+        if asyncio.get_running_loop().time() - self._ticked > STALL:
+            return False
+        return all(node == self._node or (node in self._links and self._links[node].reachable)
+                   for node in self._membership.config.voters)
 
     def _fast_path_safe(self, key: str, ballot: Ballot) -> bool:
         """Skip the prepare only while it can hardly fail.

@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterable
 
 from quorumkv.core import acceptor
-from quorumkv.core.acceptor import INITIAL, AcceptorState, Promise
+from quorumkv.core.acceptor import INITIAL, AcceptorState
 from quorumkv.core.ballot import Ballot
-from quorumkv.core.messages import Prepare, Read, Reply, Request
+from quorumkv.core.messages import Accept, Prepare, Read, Reply, Request
 from quorumkv.replication.digests import BUCKETS, Digests, bucket_of
 from quorumkv.storage.committer import GroupCommitter
 
@@ -63,7 +63,7 @@ class LocalAcceptor:
         key = request.key
         state = self._states.get(key, self._initial)
         if isinstance(request, Read):
-            return Promise(state.accepted, state.register), self._committer.durable(key)
+            return acceptor.report(state), self._committer.durable(key)
         reply: Reply
         if isinstance(request, Prepare):
             new, reply = acceptor.prepare(state, request.ballot)
@@ -71,8 +71,8 @@ class LocalAcceptor:
                 return reply, None
             self._store(key, state, new)
             return reply, self._floor_covering(request.ballot)
-        new, reply = acceptor.accept(state, request.ballot, request.register,
-                                     request.next_promise)
+        vote = acceptor.accept if isinstance(request, Accept) else acceptor.fast_accept
+        new, reply = vote(state, request.ballot, request.register, request.next_promise)
         if new is state:
             return reply, None
         self._store(key, state, new)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import aiohttp
 import orjson
 
-from quorumkv.core.messages import Accept
+from quorumkv.core.messages import Accept, FastAccept
 from quorumkv.core.quorum import Config
 from quorumkv.replication.membership import Membership
 from quorumkv.replication.stream import PeerStream, StreamBroken
@@ -118,7 +118,7 @@ class PeerLink:
                     or msg_config is not config:
                 break
             count += 1
-            if isinstance(msg, Accept) and msg.register.value is not None:
+            if isinstance(msg, Accept | FastAccept) and msg.register.value is not None:
                 size += len(msg.register.value)
         batch = self._queue[:count]
         del self._queue[:count]

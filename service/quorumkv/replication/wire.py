@@ -26,6 +26,7 @@ from quorumkv.core.messages import (
     BucketReply,
     DigestQuery,
     DigestReply,
+    FastAccept,
     Forward,
     Forwarded,
     ForwardFailed,
@@ -65,9 +66,10 @@ def encode_request(msg: PeerRequest) -> list[Any]:
         return ["r", msg.key] if msg.known is None else ["r", msg.key, msg.known.to_wire()]
     if isinstance(msg, Prepare):
         return ["p", msg.key, msg.ballot.to_wire()]
-    if isinstance(msg, Accept):
+    if isinstance(msg, Accept | FastAccept):
         nxt = None if msg.next_promise is None else msg.next_promise.to_wire()
-        return ["a", msg.key, msg.ballot.to_wire(), register_to_wire(msg.register), nxt]
+        kind = "a" if isinstance(msg, Accept) else "c"
+        return [kind, msg.key, msg.ballot.to_wire(), register_to_wire(msg.register), nxt]
     if isinstance(msg, DigestQuery):
         return ["d"]
     if isinstance(msg, Forward):
@@ -102,15 +104,16 @@ def decode_request(raw: Any) -> PeerRequest:
     if not isinstance(raw, list) or not raw or not isinstance(raw[0], str):
         raise ValueError("a message must be a non-empty list starting with its type")
     kind, args = raw[0], raw[1:]
-    if kind in ("r", "p", "a", "f", "g") and not (args and isinstance(args[0], str)):
+    if kind in ("r", "p", "a", "c", "f", "g") and not (args and isinstance(args[0], str)):
         raise ValueError("a key must be a string")
     if kind == "r" and len(args) in (1, 2):
         return Read(args[0], None if len(args) == 1 else Ballot.from_wire(args[1]))
     if kind == "p" and len(args) == 2:
         return Prepare(args[0], Ballot.from_wire(args[1]))
-    if kind == "a" and len(args) == 4:
-        return Accept(args[0], Ballot.from_wire(args[1]), register_from_wire(args[2]),
-                      ballot_or_none(args[3]))
+    if kind in ("a", "c") and len(args) == 4:
+        vote = Accept if kind == "a" else FastAccept
+        return vote(args[0], Ballot.from_wire(args[1]), register_from_wire(args[2]),
+                    ballot_or_none(args[3]))
     if kind == "d" and not args:
         return DigestQuery()
     if kind == "f" and len(args) == 2:
@@ -124,7 +127,8 @@ def decode_request(raw: Any) -> PeerRequest:
 
 def encode_reply(reply: PeerReply | Failure) -> list[Any]:
     if isinstance(reply, Promise):
-        return ["P", reply.accepted.to_wire(), register_to_wire(reply.register)]
+        promise = ["P", reply.accepted.to_wire(), register_to_wire(reply.register)]
+        return [*promise, True] if reply.fast else promise
     if isinstance(reply, Accepted):
         return ["A"]
     if isinstance(reply, Conflict):
@@ -148,8 +152,8 @@ def decode_reply(raw: Any) -> PeerReply | Failure:
     if not isinstance(raw, list) or not raw:
         raise ValueError("a reply must be a non-empty list")
     kind = raw[0]
-    if kind == "P" and len(raw) == 3:
-        return Promise(Ballot.from_wire(raw[1]), register_from_wire(raw[2]))
+    if kind == "P" and (len(raw) == 3 or (len(raw) == 4 and raw[3] is True)):
+        return Promise(Ballot.from_wire(raw[1]), register_from_wire(raw[2]), len(raw) == 4)
     if kind == "A":
         return Accepted()
     if kind == "C" and len(raw) == 2:

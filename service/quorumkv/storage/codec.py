@@ -28,14 +28,16 @@ def register_from_wire(raw: Any) -> Register:
 
 
 def state_to_row(state: AcceptorState) -> tuple[list[Any], bytes | None]:
-    """The state's small fields and its value, stored in separate columns."""
+    """The state's small fields (a fourth, `true`, only for a fast vote) and its value."""
     version = state.register.version
-    small = [state.promised.to_wire(), state.accepted.to_wire(),
-             None if version is None else version.to_wire()]
+    small: list[Any] = [state.promised.to_wire(), state.accepted.to_wire(),
+                        None if version is None else version.to_wire()]
+    if state.fast:
+        small.append(True)
     return small, state.register.value
 
 
 def state_from_row(small: list[Any], value: bytes | None) -> AcceptorState:
-    promised, accepted, version = small
+    promised, accepted, version, *fast = small
     return AcceptorState(Ballot.from_wire(promised), Ballot.from_wire(accepted),
-                         Register(value, ballot_or_none(version)))
+                         Register(value, ballot_or_none(version)), fast == [True])
