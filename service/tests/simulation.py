@@ -148,8 +148,12 @@ class Simulation:
                     and not self.faults.no_floor:
                 self.floor[node] = raised  # durable before the reply is sent
         else:
-            vote = acceptor.accept if isinstance(request, Accept) else acceptor.fast_accept
-            state, reply = vote(state, request.ballot, request.register, request.next_promise)
+            if isinstance(request, Accept):
+                state, reply = acceptor.accept(state, request.ballot, request.register,
+                                               request.next_promise)
+            else:
+                state, reply = acceptor.fast_accept(state, request.ballot, request.register,
+                                                    request.next_promise, request.voters)
             if isinstance(reply, acceptor.Accepted):
                 self.persisted[node][request.key] = state
                 self.note_accept(node, request)
@@ -217,7 +221,7 @@ class Simulation:
 
         def chosen(voters: set[str]) -> bool:
             if isinstance(request, FastAccept):
-                return voters == self.config.voters
+                return voters == request.voters
             return self.config.is_quorum(voters)
 
         before = chosen(nodes)

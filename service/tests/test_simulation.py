@@ -151,5 +151,6 @@ def test_checker_catches_fast_votes_adopted_by_ballot_alone(
 ) -> None:
     """The classic rule (highest ballot wins) for fast votes: a stray fast vote of a create
     that lost can override a value chosen at a lower ballot."""
-    monkeypatch.setattr(proposer, "choose", lambda replies: max(replies, key=lambda r: r.accepted))
+    monkeypatch.setattr(proposer, "choose",
+                        lambda replies: max((r for _, r in replies), key=lambda r: r.accepted))
     assert any(sim.violations() for sim in fast_create_runs())

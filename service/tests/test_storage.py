@@ -91,7 +91,7 @@ def reopened(path: Path) -> tuple[dict[str, AcceptorState], LogStorage]:
 
 def test_states_meta_and_removals_survive_a_restart(tmp_path: Path) -> None:
     storage = LogStorage(tmp_path)
-    fast = state(3, b"f")._replace(fast=True)  # a create's fast vote
+    fast = state(3, b"f")._replace(fast=frozenset({"0", "1", "2"}))  # a create's fast vote
     storage.commit({"a": state(1, b"a"), "b": state(1, b"b")}, {"boot": "1"})
     storage.commit({"a": state(2, b"a2"), "b": INITIAL, "f": fast}, {"boot": "2", "floor": "7"})
     storage.close()

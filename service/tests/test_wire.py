@@ -40,10 +40,11 @@ REQUESTS = [
     Accept("k", B, Register(None, B), None), DigestQuery(), BucketQuery(255),
     Forward("k", Put(b"v", '"1.1.0"', False)), Forward("k", Put(b"v", None, True)),
     Forward("k", Delete(None)), Forward("k", Identity()), Purge("k", B),
-    FastAccept("k", B, REG, Ballot(4, "1", 2)),
+    FastAccept("k", B, REG, Ballot(4, "1", 2), frozenset({"0", "1", "2"})),
 ]
 REPLIES = [
-    Promise(B, REG), Promise(B, REG, fast=True), Accepted(), Conflict(B), DigestReply((1, 2**63)),
+    Promise(B, REG), Promise(B, REG, fast=frozenset({"0", "1"})), Accepted(), Conflict(B),
+    DigestReply((1, 2**63)),
     BucketReply((("a", B), ("b", None))), Forwarded(Outcome.CREATED, REG),
     ForwardFailed("no quorum", True), PurgeReply(True), PurgeReply(False), Unchanged(),
     wire.Failure("why"),

@@ -13,8 +13,9 @@ might have promised to refuse before it crashed.
 
 Fast creates (`fast_accept`) are Fast Paxos rounds for keys nobody has written: an acceptor
 votes for a value without a prepare, but only if it holds no vote for the key at all, and
-such a *fast vote* is chosen only once every voter cast it. `core.proposer` adopts a fast
-vote in a later prepare only when every replier holds it (see `choose`).
+such a *fast vote* is chosen only once every voter of its configuration cast it (it carries
+their names). `core.proposer.choose` adopts a fast vote in a later prepare only when every
+replier among those voters holds it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class AcceptorState(NamedTuple):
     promised: Ballot
     accepted: Ballot
     register: Register
-    fast: bool = False  # `accepted` is a fast vote (see `fast_accept`)
+    fast: frozenset[str] = frozenset()  # a fast vote: the voters who all had to cast it
 
 
 INITIAL = AcceptorState(ZERO, ZERO, EMPTY)
@@ -57,7 +58,7 @@ def raised_floor(ballot: Ballot, floor: int) -> int | None:
 class Promise(NamedTuple):
     accepted: Ballot
     register: Register
-    fast: bool = False
+    fast: frozenset[str] = frozenset()  # see `AcceptorState.fast`
 
 
 def report(state: AcceptorState) -> Promise:
@@ -100,7 +101,8 @@ def accept(
 
 
 def fast_accept(
-    state: AcceptorState, ballot: Ballot, register: Register, next_promise: Ballot | None
+    state: AcceptorState, ballot: Ballot, register: Register, next_promise: Ballot | None,
+    voters: frozenset[str],
 ) -> tuple[AcceptorState, AcceptReply]:
     """A fast vote for `register` at `ballot`: only from an acceptor with no vote for the key.
 
@@ -112,7 +114,7 @@ def fast_accept(
     if state.accepted != ZERO or ballot < state.promised:
         return state, Conflict(max(state.promised, state.accepted))
     promised = ballot if next_promise is None or next_promise <= ballot else next_promise
-    return AcceptorState(promised, ballot, register, fast=True), Accepted()
+    return AcceptorState(promised, ballot, register, voters), Accepted()
 
 
 def is_tombstone(state: AcceptorState | Promise) -> bool:

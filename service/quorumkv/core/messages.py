@@ -40,12 +40,14 @@ class Accept(NamedTuple):
 
 class FastAccept(NamedTuple):
     """A create's fast round: vote for `register` at `ballot` if you hold no vote for `key`
-    (`core.acceptor.fast_accept`). Chosen only when every voter accepts it."""
+    (`core.acceptor.fast_accept`). Chosen only when all of `voters` (every voter of the
+    proposer's configuration) accept it."""
 
     key: str
     ballot: Ballot
     register: Register
     next_promise: Ballot | None
+    voters: frozenset[str]
 
 
 Request = Read | Prepare | Accept | FastAccept

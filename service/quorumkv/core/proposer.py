@@ -51,7 +51,7 @@ class Proposal(NamedTuple):
     highest_seen: Ballot
     ok: frozenset[str] = frozenset()
     rejected: frozenset[str] = frozenset()
-    replies: tuple[Promise, ...] = ()  # the promises / read replies of this phase so far
+    replies: tuple[tuple[str, Promise], ...] = ()  # (sender, promise or read reply) so far
     proposed: Register | None = None
     outcome: Outcome | None = None
     message: Request | None = None  # what the current phase broadcast; older replies are stale
@@ -122,24 +122,32 @@ def begin_fast_create(
     assert change.create_only
     ballot = seen.next(node, boot)
     register, outcome = apply_change(change, EMPTY, ballot)
-    message = FastAccept(key, ballot, register, ballot.next(node, boot))
+    message = FastAccept(key, ballot, register, ballot.next(node, boot), config.voters)
     proposal = Proposal(key, change, config, node, boot, Phase.FAST, ballot, ballot,
                         proposed=register, outcome=outcome, message=message)
     return proposal, Send(message)
 
 
-def choose(replies: tuple[Promise, ...]) -> Promise:
-    """The state a proposal goes on from, given the replies of a quorum.
+def choose(replies: tuple[tuple[str, Promise], ...]) -> Promise:
+    """The state a proposal goes on from, given the replies of a quorum (sender, promise).
 
-    The classic rule is the highest accepted ballot. Fast votes are the exception: one may
-    have been chosen only if every voter cast it, so it is adopted only when every replier
-    holds it. Otherwise none of the fast votes among the replies was chosen, and each fast
-    voter held no vote before it (`acceptor.fast_accept`): they count as holding none.
+    The classic rule is the highest accepted ballot. Fast votes are the exception: one was
+    chosen only if every voter it names cast it, so, if above the highest regular vote, it
+    is adopted when every replier among those voters holds it. A fast vote some such
+    replier lacks was not chosen, and its voters held no vote before it
+    (`acceptor.fast_accept`): they count as holding none. Repliers outside its voters (added
+    to the cluster since) say nothing about it: a membership change's rescan reads a
+    majority of the old members, so it still finds the vote.
     """
-    first = replies[0]
-    if first.fast and all(r.fast and r.accepted == first.accepted for r in replies):
-        return first
-    return max((r for r in replies if not r.fast), key=lambda r: r.accepted, default=NO_VOTE)
+    best = max((r for _, r in replies if not r.fast), key=lambda r: r.accepted,
+               default=NO_VOTE)
+    fast = {r.accepted: r for _, r in replies if r.fast and r.accepted > best.accepted}
+    for ballot in sorted(fast, reverse=True):
+        vote = fast[ballot]
+        held = [r == vote for node, r in replies if node in vote.fast]
+        if held and all(held):
+            return vote
+    return best
 
 
 def on_reply(
@@ -174,7 +182,8 @@ def on_reply(
 
 
 def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Proposal, Action]:
-    proposal = proposal._replace(ok=proposal.ok | {sender}, replies=(*proposal.replies, reply),
+    proposal = proposal._replace(ok=proposal.ok | {sender},
+                                 replies=(*proposal.replies, (sender, reply)),
                                  highest_seen=max(proposal.highest_seen, reply.accepted))
     if not proposal.config.is_quorum(proposal.ok):
         return proposal, Continue()
@@ -182,8 +191,8 @@ def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Propos
     if proposal.phase is Phase.READ:
         # One round trip when the quorum agrees on a chosen state. A fast vote held by all
         # repliers may still lack a voter (not chosen yet): settle it with a write-back.
-        uniform = all(r.accepted == best.accepted for r in proposal.replies)
-        if uniform and (not best.fast or proposal.ok == proposal.config.voters):
+        uniform = all(r.accepted == best.accepted for _, r in proposal.replies)
+        if uniform and best.fast <= proposal.ok:
             outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
             return proposal, Done(outcome, best.register, None)
         # Replicas disagree: finish the latest value with a write-back (identity change).

@@ -71,8 +71,12 @@ class LocalAcceptor:
                 return reply, None
             self._store(key, state, new)
             return reply, self._floor_covering(request.ballot)
-        vote = acceptor.accept if isinstance(request, Accept) else acceptor.fast_accept
-        new, reply = vote(state, request.ballot, request.register, request.next_promise)
+        if isinstance(request, Accept):
+            new, reply = acceptor.accept(state, request.ballot, request.register,
+                                         request.next_promise)
+        else:
+            new, reply = acceptor.fast_accept(state, request.ballot, request.register,
+                                              request.next_promise, request.voters)
         if new is state:
             return reply, None
         self._store(key, state, new)

@@ -42,7 +42,12 @@ from quorumkv.core.messages import (
 )
 from quorumkv.core.quorum import Config
 from quorumkv.replication.digests import BUCKETS
-from quorumkv.storage.codec import ballot_or_none, register_from_wire, register_to_wire
+from quorumkv.storage.codec import (
+    ballot_or_none,
+    register_from_wire,
+    register_to_wire,
+    voter_set,
+)
 
 PeerRequest = Request | SyncQuery | Forward | Purge
 PeerReply = Reply | SyncReply | Forwarded | ForwardFailed | PurgeReply | Unchanged
@@ -68,8 +73,8 @@ def encode_request(msg: PeerRequest) -> list[Any]:
         return ["p", msg.key, msg.ballot.to_wire()]
     if isinstance(msg, Accept | FastAccept):
         nxt = None if msg.next_promise is None else msg.next_promise.to_wire()
-        kind = "a" if isinstance(msg, Accept) else "c"
-        return [kind, msg.key, msg.ballot.to_wire(), register_to_wire(msg.register), nxt]
+        vote = [msg.key, msg.ballot.to_wire(), register_to_wire(msg.register), nxt]
+        return ["a", *vote] if isinstance(msg, Accept) else ["c", *vote, sorted(msg.voters)]
     if isinstance(msg, DigestQuery):
         return ["d"]
     if isinstance(msg, Forward):
@@ -110,10 +115,10 @@ def decode_request(raw: Any) -> PeerRequest:
         return Read(args[0], None if len(args) == 1 else Ballot.from_wire(args[1]))
     if kind == "p" and len(args) == 2:
         return Prepare(args[0], Ballot.from_wire(args[1]))
-    if kind in ("a", "c") and len(args) == 4:
-        vote = Accept if kind == "a" else FastAccept
-        return vote(args[0], Ballot.from_wire(args[1]), register_from_wire(args[2]),
-                    ballot_or_none(args[3]))
+    if (kind == "a" and len(args) == 4) or (kind == "c" and len(args) == 5):
+        vote = (args[0], Ballot.from_wire(args[1]), register_from_wire(args[2]),
+                ballot_or_none(args[3]))
+        return Accept(*vote) if kind == "a" else FastAccept(*vote, voter_set(args[4]))
     if kind == "d" and not args:
         return DigestQuery()
     if kind == "f" and len(args) == 2:
@@ -128,7 +133,7 @@ def decode_request(raw: Any) -> PeerRequest:
 def encode_reply(reply: PeerReply | Failure) -> list[Any]:
     if isinstance(reply, Promise):
         promise = ["P", reply.accepted.to_wire(), register_to_wire(reply.register)]
-        return [*promise, True] if reply.fast else promise
+        return [*promise, sorted(reply.fast)] if reply.fast else promise
     if isinstance(reply, Accepted):
         return ["A"]
     if isinstance(reply, Conflict):
@@ -152,8 +157,9 @@ def decode_reply(raw: Any) -> PeerReply | Failure:
     if not isinstance(raw, list) or not raw:
         raise ValueError("a reply must be a non-empty list")
     kind = raw[0]
-    if kind == "P" and (len(raw) == 3 or (len(raw) == 4 and raw[3] is True)):
-        return Promise(Ballot.from_wire(raw[1]), register_from_wire(raw[2]), len(raw) == 4)
+    if kind == "P" and len(raw) in (3, 4):
+        fast = voter_set(raw[3]) if len(raw) == 4 else frozenset()
+        return Promise(Ballot.from_wire(raw[1]), register_from_wire(raw[2]), fast)
     if kind == "A":
         return Accepted()
     if kind == "C" and len(raw) == 2:
