@@ -54,6 +54,37 @@ async def test_crud_and_compare_and_set_through_different_replicas(cluster: Repl
             await client.close()
 
 
+async def test_creates_of_absent_keys_take_one_round_and_read_back_everywhere(
+    cluster: Replicas,
+) -> None:
+    """Fast creates: on a healthy cluster every create of a fresh key is done in its fast
+    round; its home reads it back in one round trip (it knows the vote is chosen), every
+    replica reads the same value and version, and a second create is refused."""
+    urls = list(cluster.urls.values())
+    clients = {node: Client(url, timeout=5) for node, url in cluster.urls.items()}
+    paths = 'quorumkv_paxos_paths_total{path="%s"}'
+    keys = [f"fresh/{i}" for i in range(30)]
+    try:
+        created = [await clients[str(i % 3)].put(key, key.encode(), create_only=True)
+                   for i, key in enumerate(keys)]
+        assert all(put.created for put in created)
+        assert sum([await metric(url, paths % "fast_create") for url in urls]) == len(keys)
+        for key, put in zip(keys, created, strict=True):
+            home = home_of(key, cluster.urls)
+            got = await clients[home].get(key)
+            assert got is not None and got.value == key.encode() and got.etag == put.etag
+        assert sum([await metric(url, paths % "slow_read") for url in urls]) == 0
+        for client in clients.values():
+            for key, put in zip(keys, created, strict=True):
+                got = await client.get(key)
+                assert got is not None and got.value == key.encode() and got.etag == put.etag
+        with pytest.raises(PreconditionFailed):
+            await clients["1"].put(keys[0], b"again", create_only=True)
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
 async def test_reads_do_not_change_the_version(cluster: Replicas) -> None:
     async with Client(cluster.urls["0"]) as a, Client(cluster.urls["2"]) as c:
         put = await a.put("k", b"v")

@@ -161,6 +161,8 @@ class Coordinator:
                     send = action
                     continue
                 if isinstance(action, Done):
+                    if prop.phase is proposer.Phase.FAST:
+                        self._local.chosen(key, prop.ballot)
                     self._remember(key, action, prop.config.epoch)
                     return action.outcome, action.register
                 self._promised.pop(key, None)

@@ -82,6 +82,14 @@ class LocalAcceptor:
         self._store(key, state, new)
         return reply, self._committer.stage(key, new)
 
+    def chosen(self, key: str, ballot: Ballot) -> None:
+        """Every voter took this replica's fast vote at `ballot`: it is chosen, so it may be
+        read like a regular vote (one round trip for reads this replica takes part in).
+        Memory only: after a restart it is a fast vote again, which is merely slower."""
+        state = self._states.get(key)
+        if state is not None and state.fast and state.accepted == ballot:
+            self._states[key] = state._replace(fast=frozenset())
+
     def _floor_covering(self, ballot: Ballot) -> asyncio.Future[None] | None:
         """The commit after which a promise of `ballot` is covered by a durable floor."""
         raised = acceptor.raised_floor(ballot, self._floor)
