@@ -55,8 +55,14 @@ def test_every_message_round_trips() -> None:
     data = wire.pack_envelope("0", "inc", CONFIG, REQUESTS)
     envelope = wire.unpack_envelope(data)
     assert envelope == wire.Envelope("0", "inc", CONFIG, REQUESTS)
-    incarnation, replies = wire.unpack_replies(wire.pack_replies("inc2", REPLIES))
-    assert incarnation == "inc2" and replies == REPLIES
+    answers = wire.unpack_replies(wire.pack_replies("inc2", REPLIES))
+    assert answers == wire.Answers("inc2", REPLIES, wire.PROTOCOL)
+
+
+def test_a_peer_that_names_no_protocol_speaks_the_first() -> None:
+    """Replicas from before fast creates: a coordinator must not send them a FastAccept."""
+    answers = wire.unpack_replies(msgpack.packb({"inc": "i", "replies": [["A"]]}))
+    assert answers.protocol == 1 < wire.FAST_CREATES
 
 
 @pytest.mark.parametrize("body", [

@@ -36,6 +36,7 @@ from quorumkv.replication.keyed_mutex import KeyedMutex
 from quorumkv.replication.local_acceptor import LocalAcceptor
 from quorumkv.replication.membership import Membership
 from quorumkv.replication.transport import PeerLink, PeerUnavailable
+from quorumkv.replication.wire import FAST_CREATES
 
 log = logging.getLogger("quorumkv.coordinator")
 
@@ -244,13 +245,18 @@ class Coordinator:
     def _fast_create_likely(self, key: str) -> bool:
         """Try a create's fast round only when it should succeed: it needs every voter, and
         one that refuses or does not answer can make the create indeterminate (`503`). So:
-        this replica holds no vote for the key, and every voter answers."""
+        this replica holds no vote for the key, and every voter answers and speaks a
+        protocol with fast creates."""
         if self._local.state(key).accepted != ZERO:
             return False
         if asyncio.get_running_loop().time() - self._ticked > STALL:
             return False
-        return all(node == self._node or (node in self._links and self._links[node].reachable)
-                   for node in self._membership.config.voters)
+        for node in self._membership.config.voters:
+            link = self._links.get(node)
+            if node != self._node and (link is None or not link.reachable
+                                       or link.protocol < FAST_CREATES):
+                return False
+        return True
 
     def _fast_path_safe(self, key: str, ballot: Ballot) -> bool:
         """Skip the prepare only while it can hardly fail.

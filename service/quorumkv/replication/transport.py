@@ -89,6 +89,7 @@ class PeerLink:
         self.reachable = False
         self.last_answer = 0.0  # monotonic time of the last batch the peer answered
         self.last_error = "not contacted yet"
+        self.protocol = 1  # the peer protocol version of its last answer (wire.PROTOCOL)
 
     def call(self, msg: PeerRequest, config: Config | None = None) -> asyncio.Future[PeerReply]:
         """Queue `msg`, made under `config` (default: the current one); the future gets the
@@ -171,7 +172,7 @@ class PeerLink:
                 raise PeerRefused(self._refused(data))
             if status != 200:
                 raise PeerUnavailable(f"{self.peer_id} answered {status}: {bytes(data[:200])!r}")
-            incarnation, replies = unpack_replies(data)
+            incarnation, replies, protocol = unpack_replies(data)
         except PeerRefused:
             raise
         except PeerUnavailable as exc:
@@ -196,6 +197,7 @@ class PeerLink:
         if not self.reachable:
             log.info("peer reachable", extra={"peer": self.peer_id})
         self.reachable = True
+        self.protocol = protocol
         self.last_answer = time.monotonic()
         return replies
 

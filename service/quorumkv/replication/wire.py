@@ -49,6 +49,13 @@ from quorumkv.storage.codec import (
     voter_set,
 )
 
+PROTOCOL = 2
+"""The version of this protocol, sent with every answer; a peer that does not say is 1.
+2 added fast creates (`FastAccept`, fast votes in promises), which a coordinator sends only
+when every voter speaks 2: a replica of 1 refuses a whole batch holding one (a rolling
+upgrade has both for a while)."""
+FAST_CREATES = 2
+
 PeerRequest = Request | SyncQuery | Forward | Purge
 PeerReply = Reply | SyncReply | Forwarded | ForwardFailed | PurgeReply | Unchanged
 
@@ -58,6 +65,12 @@ class Envelope(NamedTuple):
     incarnation: str
     config: Config
     messages: list[PeerRequest]
+
+
+class Answers(NamedTuple):
+    incarnation: str
+    replies: list[PeerReply | Failure]
+    protocol: int
 
 
 class Failure(NamedTuple):
@@ -219,12 +232,12 @@ def _config(raw: Any) -> Config:
 
 
 def pack_replies(incarnation: str, replies: list[PeerReply | Failure]) -> bytes:
-    body = {"inc": incarnation, "replies": [encode_reply(r) for r in replies]}
+    body = {"inc": incarnation, "proto": PROTOCOL, "replies": [encode_reply(r) for r in replies]}
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
 
 
-def unpack_replies(data: bytes) -> tuple[str, list[PeerReply | Failure]]:
+def unpack_replies(data: bytes) -> Answers:
     try:
         body = msgpack.unpackb(data, raw=False)
     except Exception as exc:
@@ -232,8 +245,11 @@ def unpack_replies(data: bytes) -> tuple[str, list[PeerReply | Failure]]:
     if not isinstance(body, dict) or not isinstance(body.get("inc"), str) \
             or not isinstance(body.get("replies"), list):
         raise ValueError("the reply envelope needs inc and replies")
+    protocol = body.get("proto", 1)
+    if not isinstance(protocol, int):
+        raise ValueError("the protocol version must be an integer")
     try:
-        return body["inc"], [decode_reply(r) for r in body["replies"]]
+        return Answers(body["inc"], [decode_reply(r) for r in body["replies"]], protocol)
     except (TypeError, KeyError, IndexError, AttributeError) as exc:  # wrong shapes
         raise ValueError(f"malformed replies: {exc!r}") from None
 
