@@ -3,9 +3,9 @@
 Why not SQLite (used until 2026-11-26): the replica keeps every key's state in memory, so
 the disk only has to record changes and give them back at start. SQLite did more — a B-tree
 page rewritten into its WAL for every key of a batch, and checkpoints copying pages back —
-and under the PUT benchmark that cost a fifth of the cluster's CPU per write (appending
-frames instead: 5.5-5.7k -> 7.1-7.2k puts/s, bench/README.md). What SQLite gave for free is
-done here explicitly:
+and under the PUT benchmark that cost about a sixth of the cluster's CPU per write (appending
+frames instead, A/B: 5.2k and 6.2k -> 6.0k and 6.9k puts/s, bench/README.md). What SQLite
+gave for free is done here explicitly:
 
 - **Atomic batches.** A frame is `length, crc32, body`; at start the log is read up to the
   first frame that is incomplete or fails its checksum, and cut there. A batch is
