@@ -247,9 +247,7 @@ class Coordinator:
         one that refuses or does not answer can make the create indeterminate (`503`). So:
         this replica holds no vote for the key, and every voter answers and speaks a
         protocol with fast creates."""
-        if self._local.state(key).accepted != ZERO:
-            return False
-        if asyncio.get_running_loop().time() - self._ticked > STALL:
+        if self._local.state(key).accepted != ZERO or self._stalled():
             return False
         for node in self._membership.config.voters:
             link = self._links.get(node)
@@ -268,10 +266,14 @@ class Coordinator:
         """
         if self._local.state(key).promised != ballot:
             return False
-        if asyncio.get_running_loop().time() - self._ticked > STALL:
-            return False  # stopped a while ago, and `watch_stalls` has not caught up yet
+        if self._stalled():
+            return False
         reachable = {self._node} | {n for n, link in self._links.items() if link.reachable}
         return self._membership.config.is_quorum(reachable)
+
+    def _stalled(self) -> bool:
+        """Stopped a while ago, and `watch_stalls` has not caught up yet."""
+        return asyncio.get_running_loop().time() - self._ticked > STALL
 
     async def watch_stalls(self) -> None:
         """Tick every TICK seconds; a late tick means this process was stopped: forget every

@@ -35,6 +35,7 @@ import msgpack
 
 from quorumkv.core.acceptor import INITIAL, AcceptorState
 from quorumkv.storage.codec import state_from_row, state_to_row
+from quorumkv.storage.memory import MemoryStorage
 from quorumkv.storage.sqlite_import import import_sqlite, remove_sqlite
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,11 @@ class LogStorage:
                         "was never acknowledged)",
                         extra={"path": str(self.path), "kept_bytes": found.valid_bytes,
                                "cut_bytes": found.total_bytes - found.valid_bytes})
-        self._states = found.states
-        self._meta = found.meta
+        self._image = MemoryStorage(found.meta, found.states)  # the live states, for compaction
         self._fd = os.open(self.path, os.O_WRONLY)
-        os.ftruncate(self._fd, found.valid_bytes)
-        os.fdatasync(self._fd)
+        if found.valid_bytes < found.total_bytes:
+            os.ftruncate(self._fd, found.valid_bytes)
+            os.fdatasync(self._fd)
         os.lseek(self._fd, found.valid_bytes, os.SEEK_SET)
         self._size = found.valid_bytes
         self._compacted_size = found.valid_bytes
@@ -167,15 +168,10 @@ class LogStorage:
         self._tail: list[bytes] = []  # frames appended since the compaction's snapshot
 
     def load(self) -> Iterator[tuple[str, AcceptorState]]:
-        yield from self._states.items()
+        return self._image.load()
 
     def write(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
-        for key, state in states.items():
-            if state == INITIAL:
-                self._states.pop(key, None)
-            else:
-                self._states[key] = state
-        self._meta.update(meta)
+        self._image.write(states, meta)
         self._staged = encode_frame(states, meta)
         if self._compaction is not None:
             self._tail.append(self._staged)
@@ -196,7 +192,7 @@ class LogStorage:
         self.sync()
 
     def get_meta(self, name: str) -> str | None:
-        return self._meta.get(name)
+        return self._image.get_meta(name)
 
     def close(self) -> None:
         """Waits for a compaction in progress; its result is dropped (the log is whole)."""
@@ -211,7 +207,7 @@ class LogStorage:
 
     def _start_compaction(self) -> None:
         """Snapshot the states of this batch and all before it; later frames go to the tail."""
-        states, meta = dict(self._states), dict(self._meta)
+        states, meta = dict(self._image.states), dict(self._image.meta)
         log.info("compacting the log", extra={"path": str(self.path), "bytes": self._size,
                                                "keys": len(states)})
         self._compaction = self._compactor.submit(self._write_snapshot, states, meta)

@@ -1,4 +1,5 @@
-"""In-memory storage: for unit tests, and the deliberately unsafe volatile mode.
+"""In-memory storage: for unit tests, the deliberately unsafe volatile mode, and the image of
+the log's live states that `storage.log` keeps for its compactions.
 
 `QUORUMKV_UNSAFE_VOLATILE=1` runs a replica on this storage so a restart comes back with
 amnesia under its old identity; the linearizability test uses it to prove that its checker
@@ -13,8 +14,9 @@ from quorumkv.core.acceptor import INITIAL, AcceptorState
 
 
 class MemoryStorage:
-    def __init__(self, meta: Mapping[str, str] | None = None) -> None:
-        self.states: dict[str, AcceptorState] = {}
+    def __init__(self, meta: Mapping[str, str] | None = None,
+                 states: dict[str, AcceptorState] | None = None) -> None:
+        self.states: dict[str, AcceptorState] = {} if states is None else states
         self.meta: dict[str, str] = dict(meta or {})
         self.commits = 0
 
