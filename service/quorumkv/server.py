@@ -20,8 +20,8 @@ from quorumkv.settings import ServeSettings
 log = logging.getLogger("quorumkv.server")
 
 
-# The storage thread gives the GIL back for each fsync and then waits for it at most this
-# long while the event loop is busy (default 5 ms, which would add up to 5 ms per commit).
+# While the log's compaction thread encodes a snapshot, the event loop waits at most this long
+# for the GIL at a time (the default, 5 ms, would stall every request in flight that long).
 GIL_SWITCH_INTERVAL = 0.0005
 
 

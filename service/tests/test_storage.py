@@ -4,9 +4,10 @@ batches, what a restart finds after a torn write, compaction and an upgrade from
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import msgpack
@@ -15,7 +16,8 @@ from quorumkv.core.acceptor import INITIAL, AcceptorState
 from quorumkv.core.ballot import Ballot
 from quorumkv.core.register import Register
 from quorumkv.storage import log as log_storage
-from quorumkv.storage.committer import INLINE_SYNC_SLOW, GroupCommitter
+from quorumkv.storage.committer import GroupCommitter
+from quorumkv.storage.fsyncer import FsyncProcessError
 from quorumkv.storage.log import LOG_NAME, LogError, LogStorage
 
 
@@ -48,39 +50,68 @@ async def test_what_arrives_during_a_commit_shares_the_next_one(tmp_path: Path) 
     await committer.close()
 
 
-class StallingDisk(LogStorage):
-    """A real log whose commits take `stall` seconds more, as a disk under pressure does."""
-
-    stall = 0.0
-
-    def sync(self) -> None:
-        time.sleep(self.stall)
-        super().sync()
+def fsync_child(storage: LogStorage) -> int:
+    assert storage._fsyncer is not None
+    return storage._fsyncer.pid
 
 
-async def test_after_a_slow_commit_the_loop_keeps_running_during_the_next(
-    tmp_path: Path,
-) -> None:
-    storage = StallingDisk(tmp_path)
+def files_held(pid: int, directory: Path) -> set[int]:
+    """The inodes of the files in `directory` (renamed away or not) that process `pid` has open."""
+    return {os.stat(fd).st_ino for fd in Path(f"/proc/{pid}/fd").iterdir()
+            if os.readlink(fd).startswith(str(directory))}
+
+
+async def test_the_loop_keeps_running_while_the_disk_is_slow(tmp_path: Path) -> None:
+    """A stopped fsync process stands for a disk that takes its time: commits wait, the event
+    loop (heartbeats, reads, other replies) does not."""
+    storage = LogStorage(tmp_path)
     committer = GroupCommitter(storage)
-    await committer.stage("warm", state(1, b"w"))  # quick: small commits may run inline
-    storage.stall = 10 * INLINE_SYNC_SLOW
-    await committer.stage("slow", state(1, b"s"))  # inline or not, it took long
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
+    await committer.stage("warm", state(1, b"w"))  # starts the fsync process
+    child = fsync_child(storage)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        slow = committer.stage("slow", state(1, b"s"))
+        ticks = 0
+        for _ in range(20):
             await asyncio.sleep(0.001)
-
-    running = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    before = ticks
-    await committer.stage("next", state(2, b"n"))  # must go to the storage thread
-    assert ticks - before >= 3, "the event loop was blocked during the commit"
-    running.cancel()
+            ticks += 1
+        assert ticks == 20 and not slow.done()
+    finally:
+        os.kill(child, signal.SIGCONT)
+    await slow
+    assert dict(LogStorage(tmp_path).load())["slow"] == state(1, b"s")
     await committer.close()
+
+
+async def test_a_dead_fsync_process_fails_the_commit_and_every_later_one(tmp_path: Path) -> None:
+    committer = GroupCommitter(storage := LogStorage(tmp_path))
+    await committer.stage("a", state(1, b"a"))
+    os.kill(fsync_child(storage), signal.SIGKILL)
+    with pytest.raises(FsyncProcessError):
+        await committer.stage("b", state(1, b"b"))
+    assert isinstance(committer.failure, FsyncProcessError)
+    with pytest.raises(RuntimeError, match="storage failed earlier"):
+        committer.stage("c", state(1, b"c"))
+    await committer.close()
+
+
+async def test_the_fsync_process_ends_with_the_storage(tmp_path: Path) -> None:
+    committer = GroupCommitter(storage := LogStorage(tmp_path))
+    await committer.stage("a", state(1, b"a"))
+    child = fsync_child(storage)
+    await committer.close()
+    for _ in range(200):
+        if not Path(f"/proc/{child}").exists():
+            break
+        await asyncio.sleep(0.01)
+    assert not Path(f"/proc/{child}").exists(), "the fsync process outlived its storage"
+
+
+async def commit(storage: LogStorage, states: dict[str, AcceptorState],
+                 meta: dict[str, str]) -> None:
+    """One commit as the group committer makes it."""
+    storage.write(states, meta)
+    await storage.sync()
 
 
 def reopened(path: Path) -> tuple[dict[str, AcceptorState], LogStorage]:
@@ -134,7 +165,7 @@ def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Path) -> None:
     assert (tmp_path / LOG_NAME).read_bytes() == b"something else entirely"
 
 
-def test_compaction_keeps_live_states_and_shrinks_the_log(
+async def test_compaction_keeps_live_states_and_shrinks_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(log_storage, "COMPACT_MIN_BYTES", 64 << 10)
@@ -143,7 +174,7 @@ def test_compaction_keeps_live_states_and_shrinks_the_log(
     for counter in range(1, 400):  # ten keys overwritten again and again, one deleted
         batch = {f"k{i}": state(counter, b"x" * 100) for i in range(10)}
         batch["k9"] = INITIAL if counter % 2 else state(counter, b"x")
-        storage.commit(batch, {"boot": str(counter)})
+        await commit(storage, batch, {"boot": str(counter)})
         expected.update(batch)
     storage.close()
     expected.pop("k9")
@@ -156,7 +187,7 @@ def test_compaction_keeps_live_states_and_shrinks_the_log(
     storage.close()
 
 
-def test_commits_made_while_a_compaction_runs_are_kept(
+async def test_commits_made_while_a_compaction_runs_are_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(log_storage, "COMPACT_MIN_BYTES", 16 << 10)
@@ -172,14 +203,16 @@ def test_commits_made_while_a_compaction_runs_are_kept(
     counter = 0
     while storage._compaction is None:  # fill until a compaction starts
         counter += 1
-        storage.commit({"hot": state(counter, b"y" * 200)}, {})
+        await commit(storage, {"hot": state(counter, b"y" * 200)}, {})
     for i in range(50):  # while it runs
-        storage.commit({f"new{i}": state(1, b"n")}, {})
+        await commit(storage, {f"new{i}": state(1, b"n")}, {})
     release.set()
     storage._compaction.result()
-    storage.commit({"last": state(1, b"l")}, {})  # this sync installs the compacted log
+    await commit(storage, {"last": state(1, b"l")}, {})  # this sync installs the compacted log
     assert storage._compaction is None
-    storage.commit({"after": state(1, b"a")}, {})  # appended to the new log
+    await commit(storage, {"after": state(1, b"a")}, {})  # appended to the new log
+    # and that commit's fsync was of the new file, not of the one renamed away
+    assert files_held(fsync_child(storage), tmp_path) == {os.stat(storage.path).st_ino}
     storage.close()
     states, storage = reopened(tmp_path)
     assert states == {"hot": state(counter, b"y" * 200), "last": state(1, b"l"),

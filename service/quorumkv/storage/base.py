@@ -1,10 +1,9 @@
 """The storage contract.
 
 Calls never overlap (the group committer orders them), so an implementation needs no
-locking of its own. `write` runs on the event loop and must be cheap; `sync` is the slow,
-durable part and runs in a worker thread. Splitting them matters in Python: a thread that
-needs the GIL back while the event loop is busy waits up to the switch interval each time,
-so the worker thread should take and release it as few times as possible (once per fsync).
+locking of its own. Both `write` and `sync` run on the event loop: `write` must be cheap
+(hand the batch to the OS), and `sync` must wait for the disk without blocking the loop
+(the log has a child process fsync, `storage/fsyncer.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ class Storage(Protocol):
         """
         ...
 
-    def sync(self) -> None:
+    async def sync(self) -> None:
         """Make the batch staged by `write` durable, atomically.
 
         When this returns the batch survives `kill -9` of the process and a power loss

@@ -3,7 +3,6 @@
 Callers stage a key's new state and await the returned future; it resolves once the batch that
 holds it is durable. While one batch is being written the next one fills up, so under load
 each fsync covers many operations (FIELD-NOTES: this, not the engine, decides throughput).
-Small commits on an idle replica skip the storage thread (see INLINE_SYNC_MAX).
 A failed commit is fatal for the replica: its memory is then ahead of its disk, and replying
 from it could acknowledge what a crash would lose.
 """
@@ -13,29 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from quorumkv.core.acceptor import AcceptorState
 from quorumkv.storage.base import Storage
 
 CommitObserver = Callable[[int, float], None]  # (batch size, seconds spent writing + fsync)
 
-# Commits of at most this many states, after one that small, fsync on the event loop itself.
-# A lightly loaded replica waits ~0.2 ms for the fsync either way, and handing it to the
-# storage thread and back costs two thread wake-ups (~0.13 ms measured here); under load the
-# batches grow past this and the loop keeps working while the thread fsyncs.
-# Measured (bench, 1 connection): PUT p50 1.09-1.18 -> 1.01 ms; 64 connections unchanged.
-# A disk that stalls would freeze the loop (heartbeats, reads) meanwhile: once a commit took
-# longer than INLINE_SYNC_SLOW, commits go back to the thread until one is quick again.
-INLINE_SYNC_MAX = 4
-INLINE_SYNC_SLOW = 0.002
-
 
 class GroupCommitter:
     def __init__(self, storage: Storage, observe: CommitObserver | None = None) -> None:
         self._storage = storage
         self._observe = observe
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="quorumkv-storage")
         self._pending: dict[str, AcceptorState] = {}
         self._pending_meta: dict[str, str] = {}
         self._pending_done: asyncio.Future[None] | None = None
@@ -43,7 +30,6 @@ class GroupCommitter:
         self._inflight_done: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
-        self._last_small_and_quick = True  # the previous commit: an idle replica, a sound disk
 
     def stage(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
         self._pending[key] = state
@@ -71,7 +57,6 @@ class GroupCommitter:
         return self._pending_done
 
     async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._pending_done is not None:
                 done = self._pending_done
@@ -81,15 +66,8 @@ class GroupCommitter:
                 started = time.perf_counter()
                 try:
                     self._storage.write(self._inflight, meta)
-                    size = len(self._inflight) + len(meta)
-                    if size <= INLINE_SYNC_MAX and self._last_small_and_quick:
-                        await asyncio.sleep(0)  # what this step queued to send goes out first
-                        self._storage.sync()
-                    else:
-                        await loop.run_in_executor(self._executor, self._storage.sync)
+                    await self._storage.sync()
                     seconds = time.perf_counter() - started
-                    self._last_small_and_quick = size <= INLINE_SYNC_MAX \
-                        and seconds < INLINE_SYNC_SLOW
                 except Exception as exc:
                     self.failure = exc
                     done.set_exception(exc)
@@ -97,7 +75,7 @@ class GroupCommitter:
                         self._pending_done.set_exception(exc)
                     raise
                 if self._observe is not None:
-                    self._observe(size, seconds)
+                    self._observe(len(self._inflight) + len(meta), seconds)
                 self._inflight, self._inflight_done = {}, None
                 done.set_result(None)
         finally:
@@ -106,5 +84,4 @@ class GroupCommitter:
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._storage.close)
-        self._executor.shutdown(wait=True)
+        self._storage.close()

@@ -16,12 +16,15 @@ gave for free is done here explicitly:
   snapshot is written by a thread of its own from a copy of the states (immutable tuples,
   so a dict copy is a consistent cut) while commits go on; the frames appended meanwhile
   are copied after it, then it replaces the log by an atomic rename.
+- **Durability off the event loop.** `write` hands the frame to the OS on the loop; `sync`
+  has a child process `fdatasync` the file (`storage/fsyncer.py`) and awaits its answer.
 - **Upgrades.** A data directory of the SQLite era is converted once, at first start
   (`storage/sqlite_import.py`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import struct
@@ -35,6 +38,7 @@ import msgpack
 
 from quorumkv.core.acceptor import INITIAL, AcceptorState
 from quorumkv.storage.codec import state_from_row, state_to_row
+from quorumkv.storage.fsyncer import Fsyncer
 from quorumkv.storage.memory import MemoryStorage
 from quorumkv.storage.sqlite_import import import_sqlite, remove_sqlite
 
@@ -162,7 +166,7 @@ class LogStorage:
         os.lseek(self._fd, found.valid_bytes, os.SEEK_SET)
         self._size = found.valid_bytes
         self._compacted_size = found.valid_bytes
-        self._staged = b""
+        self._fsyncer: Fsyncer | None = None  # started by the first `sync`, on the event loop
         self._compactor = ThreadPoolExecutor(1, thread_name_prefix="quorumkv-compact")
         self._compaction: Future[int] | None = None
         self._tail: list[bytes] = []  # frames appended since the compaction's snapshot
@@ -172,30 +176,35 @@ class LogStorage:
 
     def write(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
         self._image.write(states, meta)
-        self._staged = encode_frame(states, meta)
+        frame = encode_frame(states, meta)
+        write_all(self._fd, frame)
+        self._size += len(frame)
         if self._compaction is not None:
-            self._tail.append(self._staged)
+            self._tail.append(frame)
         elif self._compaction_due():
             self._start_compaction()
 
-    def sync(self) -> None:
-        write_all(self._fd, self._staged)
-        os.fdatasync(self._fd)
-        self._size += len(self._staged)
-        self._staged = b""
+    async def sync(self) -> None:
+        if self._fsyncer is None:
+            self._fsyncer = Fsyncer(self.path)
+        await self._fsyncer.sync()
         if self._compaction is not None and self._compaction.done():
-            self._finish_compaction()
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(self._compactor, self._finish_compaction):
+                self._fsyncer.reopen()
 
     def commit(self, states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> None:
-        """`write` then `sync`, for start-up bookkeeping outside the committer."""
+        """`write` and `fdatasync` right here, for start-up bookkeeping outside the committer."""
         self.write(states, meta)
-        self.sync()
+        os.fdatasync(self._fd)
 
     def get_meta(self, name: str) -> str | None:
         return self._image.get_meta(name)
 
     def close(self) -> None:
         """Waits for a compaction in progress; its result is dropped (the log is whole)."""
+        if self._fsyncer is not None:
+            self._fsyncer.close()
         if self._compaction is not None:
             self._compaction.exception()  # waits; a failure is of no consequence now
             self._temporary.unlink(missing_ok=True)
@@ -216,8 +225,9 @@ class LogStorage:
         """In the compaction thread: the snapshot, fdatasynced, under the temporary name."""
         return write_new(self._temporary, snapshot_frames(states, meta))
 
-    def _finish_compaction(self) -> None:
-        """After a sync: append the tail to the snapshot and rename it over the log.
+    def _finish_compaction(self) -> bool:
+        """After a sync, in the compaction thread: append the tail to the snapshot and rename
+        it over the log. True if it did, so the log is another file now.
 
         A failure before the rename leaves the current log in use (it is whole and durable)
         and is logged; the next attempt waits until the log has doubled again. After the
@@ -231,7 +241,7 @@ class LogStorage:
             fd = os.open(self._temporary, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             self._compaction_failed(exc)
-            return
+            return False
         try:
             for frame in tail:
                 write_all(fd, frame)
@@ -241,13 +251,14 @@ class LogStorage:
         except OSError as exc:
             os.close(fd)
             self._compaction_failed(exc)
-            return
+            return False
         os.close(self._fd)
         self._fd = fd
         fsync_dir(self.path.parent)
         log.info("log compacted", extra={"path": str(self.path), "bytes_before": self._size,
                                           "bytes_after": size})
         self._size = self._compacted_size = size
+        return True
 
     def _compaction_failed(self, exc: OSError) -> None:
         self._temporary.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ class MemoryStorage:
                 self.states[key] = state
         self.meta.update(meta)
 
-    def sync(self) -> None:
+    async def sync(self) -> None:
         self.commits += 1
 
     def get_meta(self, name: str) -> str | None:
