@@ -11,10 +11,8 @@ to a pipe and is woken once by the answer.
 what the replica wrote through its own descriptor (PostgreSQL's checkpointer relies on the
 same). After a compaction renames a new file over the path, `reopen` points the child at it.
 
-The child is this file run as a script (`python -I -S`): standard library only, no imports of
-the package, a few MB of memory. It ignores SIGINT and SIGTERM (a Ctrl-C in `quorumkv local`
-reaches the whole process group, and the replica still commits while it shuts down) and exits
-when its standard input closes, which happens when the replica exits, however it exits.
+The child runs `fsync_child.py` as a script (`python -I -S`): a few lines of the standard
+library, no imports of the package.
 """
 
 from __future__ import annotations
@@ -22,15 +20,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import signal
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-SYNC = b"s"
-REOPEN = b"o"
-ANSWER = struct.Struct("<i")  # 0, or the errno of a failed fdatasync
+from quorumkv.storage import fsync_child
+from quorumkv.storage.fsync_child import ANSWER, REOPEN, SYNC
+
 CLOSE_TIMEOUT = 10.0  # seconds for the child to finish its last fsync and exit
 
 
@@ -47,7 +43,7 @@ class Fsyncer:
 
     def __init__(self, path: Path) -> None:
         self._child = subprocess.Popen(
-            [sys.executable, "-I", "-S", __file__, str(path)],
+            [sys.executable, "-I", "-S", fsync_child.__file__, str(path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         assert self._child.stdin is not None and self._child.stdout is not None
         self._requests = self._child.stdin.fileno()
@@ -105,25 +101,3 @@ class Fsyncer:
                 done.set_exception(OSError(error, f"fdatasync: {os.strerror(error)}"))
             else:
                 done.set_result(None)
-
-
-def _child(path: str) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    fd = os.open(path, os.O_WRONLY)
-    while commands := os.read(0, 64):
-        for command in commands:
-            if command == REOPEN[0]:
-                os.close(fd)
-                fd = os.open(path, os.O_WRONLY)
-            elif command == SYNC[0]:
-                try:
-                    os.fdatasync(fd)
-                    error = 0
-                except OSError as exc:
-                    error = exc.errno or -1
-                os.write(1, ANSWER.pack(error))
-
-
-if __name__ == "__main__":
-    _child(sys.argv[1])
