@@ -28,8 +28,13 @@ GIL_SWITCH_INTERVAL = 0.0005
 MAX_LINE = 16 * 1024
 SHUTDOWN_GRACE = 10.0  # seconds for requests in progress to be answered
 # Fewer, cheaper collections: the replica allocates many short-lived objects per request and
-# keeps every key's state (tuples) for good. Measured on the benchmark: GET p99 243 -> 48 ms.
-GC_THRESHOLDS = (20_000, 50, 1_000_000)
+# keeps every key's state for good. Measured on the benchmark: GET p99 243 -> 48 ms.
+# Every key's state stays tracked by the collector (named tuples, unlike plain ones, are never
+# untracked), so new keys pass through the young generations once, and the oldest one is
+# never collected (a full pass over ~6 objects per key: 0.5 s at 130k keys; under load it
+# found no garbage). A middle generation collected every other young collection keeps a
+# growing keyspace's pauses short: create-only load, max pause 390 -> 31 ms, p99 334 -> 24 ms.
+GC_THRESHOLDS = (20_000, 2, 1_000_000)
 
 
 def _tune_gc() -> None:
