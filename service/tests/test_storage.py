@@ -158,6 +158,46 @@ def test_a_torn_last_frame_is_cut_and_writing_goes_on_after_it(
     storage.close()
 
 
+async def test_frames_are_written_over_zeros_and_a_restart_goes_on_after_the_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    committer = GroupCommitter(LogStorage(tmp_path))
+    await committer.stage("a", state(1, b"a"))
+    await committer.close()
+    found = log_storage.replay(tmp_path / LOG_NAME)
+    assert found.total_bytes >= found.valid_bytes + log_storage.PREALLOCATE_AHEAD // 2
+    assert not found.torn
+    committer = GroupCommitter(LogStorage(tmp_path))
+    await committer.stage("b", state(1, b"b"))  # right after "a", not after the zeros
+    await committer.close()
+    states, storage = reopened(tmp_path)
+    assert states == {"a": state(1, b"a"), "b": state(1, b"b")}
+    assert not [r for r in caplog.records if "torn" in r.msg]
+    storage.close()
+
+
+async def test_a_torn_frame_over_the_zeros_is_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    committer = GroupCommitter(LogStorage(tmp_path))
+    await committer.stage("a", state(1, b"a"))
+    await committer.close()
+    end = log_storage.replay(tmp_path / LOG_NAME).valid_bytes
+    frame = log_storage.encode_frame({"b": state(1, b"b")}, {})
+    with open(tmp_path / LOG_NAME, "r+b") as f:  # its first bytes never reached the disk
+        f.seek(end + 8)
+        f.write(frame[8:])
+    states, storage = reopened(tmp_path)
+    assert states == {"a": state(1, b"a")}
+    assert [r for r in caplog.records if "torn frame" in r.msg]
+    assert (tmp_path / LOG_NAME).stat().st_size == end
+    storage.commit({"c": state(1, b"c")}, {})
+    storage.close()
+    states, storage = reopened(tmp_path)
+    assert states == {"a": state(1, b"a"), "c": state(1, b"c")}
+    storage.close()
+
+
 def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Path) -> None:
     (tmp_path / LOG_NAME).write_bytes(b"something else entirely")
     with pytest.raises(LogError, match="not a QuorumKV log"):
@@ -178,7 +218,7 @@ async def test_compaction_keeps_live_states_and_shrinks_the_log(
         expected.update(batch)
     storage.close()
     expected.pop("k9")
-    size = (tmp_path / LOG_NAME).stat().st_size
+    size = log_storage.replay(tmp_path / LOG_NAME).valid_bytes  # the zeros after it aside
     assert size < 4 * (64 << 10), size  # without compaction: 400 frames of ~1.2 KB
     assert not (tmp_path / (LOG_NAME + ".next")).exists()
     states, storage = reopened(tmp_path)

@@ -1,7 +1,10 @@
 """The fsync child process (`storage/fsyncer.py` starts it): a loop over its standard input.
 
-`s` asks for an `fdatasync` of the file at the path, answered on standard output with the
-errno it failed with (0: it did not); `o` reopens the path (a new file was renamed there).
+Commands are `COMMAND` records: `s` asks for an `fdatasync` of the file at the path; `z`
+writes zeros over a range of it (and `fdatasync`s them), to preallocate the log; `o` reopens
+the path (a new file was renamed there). `s` and `z` are answered on standard output with
+the errno they failed with (0: they did not).
+
 Run as a script, with the standard library only, so it costs a few MB. It ignores SIGINT and
 SIGTERM (a Ctrl-C in `quorumkv local` reaches the whole process group, and the replica still
 commits while it shuts down) and exits when its standard input closes, which happens when the
@@ -13,27 +16,42 @@ import signal
 import struct
 import sys
 
+COMMAND = struct.Struct("<cQQ")  # what, offset, length (the last two for ZERO only)
 SYNC = b"s"
+ZERO = b"z"
 REOPEN = b"o"
-ANSWER = struct.Struct("<i")  # 0, or the errno of a failed fdatasync
+ANSWER = struct.Struct("<i")  # 0, or the errno of a failed command
+ZEROS = bytes(1 << 20)
+
+
+def run(fd: int, what: bytes, offset: int, length: int) -> None:
+    if what == ZERO:
+        end = offset + length
+        while offset < end:
+            offset += os.pwrite(fd, ZEROS[:end - offset], offset)
+    os.fdatasync(fd)
 
 
 def main(path: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     fd = os.open(path, os.O_WRONLY)
-    while commands := os.read(0, 64):
-        for command in commands:
-            if command == REOPEN[0]:
+    pending = b""
+    while data := os.read(0, 64 * COMMAND.size):
+        pending += data
+        whole = len(pending) - len(pending) % COMMAND.size
+        for what, offset, length in COMMAND.iter_unpack(pending[:whole]):
+            if what == REOPEN:
                 os.close(fd)
                 fd = os.open(path, os.O_WRONLY)
-            elif command == SYNC[0]:
-                try:
-                    os.fdatasync(fd)
-                    error = 0
-                except OSError as exc:
-                    error = exc.errno or -1
-                os.write(1, ANSWER.pack(error))
+                continue
+            try:
+                run(fd, what, offset, length)
+                error = 0
+            except OSError as exc:
+                error = exc.errno or -1
+            os.write(1, ANSWER.pack(error))
+        pending = pending[whole:]
 
 
 if __name__ == "__main__":

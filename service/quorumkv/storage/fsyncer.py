@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from quorumkv.storage import fsync_child
-from quorumkv.storage.fsync_child import ANSWER, REOPEN, SYNC
+from quorumkv.storage.fsync_child import ANSWER, COMMAND, REOPEN, SYNC, ZERO
 
 CLOSE_TIMEOUT = 10.0  # seconds for the child to finish its last fsync and exit
 
@@ -61,16 +61,24 @@ class Fsyncer:
 
     async def sync(self) -> None:
         """`fdatasync` of the file at the path: everything written to it before this call."""
+        await self._ask(COMMAND.pack(SYNC, 0, 0))
+
+    async def zero(self, offset: int, length: int) -> None:
+        """Write zeros over `length` bytes from `offset` and make them durable. The caller
+        writes nothing there meanwhile."""
+        await self._ask(COMMAND.pack(ZERO, offset, length))
+
+    def reopen(self) -> None:
+        """Sync the file now at the path from the next `sync` on (a new file was renamed there)."""
+        os.write(self._requests, COMMAND.pack(REOPEN, 0, 0))
+
+    async def _ask(self, command: bytes) -> None:
         if self._gone:
             raise FsyncProcessError("the fsync process exited")
         done = self._loop.create_future()
         self._waiting.append(done)
-        os.write(self._requests, SYNC)  # a byte into an all but empty pipe: never blocks
+        os.write(self._requests, command)  # a record into an all but empty pipe: never blocks
         await done
-
-    def reopen(self) -> None:
-        """Sync the file now at the path from the next `sync` on (a new file was renamed there)."""
-        os.write(self._requests, REOPEN)
 
     def close(self) -> None:
         """Ends the child (it exits at the end of its input); call when no `sync` is waiting."""
@@ -98,6 +106,6 @@ class Fsyncer:
             self._buffer = self._buffer[ANSWER.size:]
             done = self._waiting.popleft()
             if error:
-                done.set_exception(OSError(error, f"fdatasync: {os.strerror(error)}"))
+                done.set_exception(OSError(error, f"fsync process: {os.strerror(error)}"))
             else:
                 done.set_result(None)
