@@ -158,18 +158,21 @@ def test_a_torn_last_frame_is_cut_and_writing_goes_on_after_it(
     storage.close()
 
 
+async def run_replica_committing(path: Path, key: str, value: AcceptorState) -> None:
+    """A replica's life in short: start, commit one state as under load, stop."""
+    committer = GroupCommitter(LogStorage(path))
+    await committer.stage(key, value)
+    await committer.close()
+
+
 async def test_frames_are_written_over_zeros_and_a_restart_goes_on_after_the_last(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    committer = GroupCommitter(LogStorage(tmp_path))
-    await committer.stage("a", state(1, b"a"))
-    await committer.close()
+    await run_replica_committing(tmp_path, "a", state(1, b"a"))
     found = log_storage.replay(tmp_path / LOG_NAME)
     assert found.total_bytes >= found.valid_bytes + log_storage.PREALLOCATE_AHEAD // 2
     assert not found.torn
-    committer = GroupCommitter(LogStorage(tmp_path))
-    await committer.stage("b", state(1, b"b"))  # right after "a", not after the zeros
-    await committer.close()
+    await run_replica_committing(tmp_path, "b", state(1, b"b"))  # after "a", not the zeros
     states, storage = reopened(tmp_path)
     assert states == {"a": state(1, b"a"), "b": state(1, b"b")}
     assert not [r for r in caplog.records if "torn" in r.msg]
@@ -179,9 +182,7 @@ async def test_frames_are_written_over_zeros_and_a_restart_goes_on_after_the_las
 async def test_a_torn_frame_over_the_zeros_is_cut(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    committer = GroupCommitter(LogStorage(tmp_path))
-    await committer.stage("a", state(1, b"a"))
-    await committer.close()
+    await run_replica_committing(tmp_path, "a", state(1, b"a"))
     end = log_storage.replay(tmp_path / LOG_NAME).valid_bytes
     frame = log_storage.encode_frame({"b": state(1, b"b")}, {})
     with open(tmp_path / LOG_NAME, "r+b") as f:  # its first bytes never reached the disk
