@@ -16,6 +16,7 @@ from quorumkv.http.app import make_app
 from quorumkv.http.fast_path import FastPath
 from quorumkv.http.keys import NODE
 from quorumkv.settings import ServeSettings
+from quorumkv.storage.base import StorageError
 
 log = logging.getLogger("quorumkv.server")
 
@@ -25,6 +26,7 @@ log = logging.getLogger("quorumkv.server")
 GIL_SWITCH_INTERVAL = 0.0005
 
 
+EXIT_STORAGE = 3  # the data directory is in use, or not a QuorumKV one
 MAX_LINE = 16 * 1024
 SHUTDOWN_GRACE = 10.0  # seconds for requests in progress to be answered
 # Fewer, cheaper collections: the replica allocates many short-lived objects per request and
@@ -63,8 +65,15 @@ def run_server(settings: ServeSettings) -> int:
     try:
         import uvloop
     except ImportError:  # uvloop is optional off Linux; asyncio works, slower
-        return asyncio.run(_serve(settings))
-    return uvloop.run(_serve(settings))
+        run = asyncio.run
+    else:
+        run = uvloop.run
+    try:
+        return run(_serve(settings))
+    except StorageError as exc:  # the data directory: an operator's to look at, no traceback
+        log.error("cannot start on this data directory", extra={
+            "data_dir": str(settings.data_dir), "error": str(exc)})
+        return EXIT_STORAGE
 
 
 async def _serve(settings: ServeSettings) -> int:

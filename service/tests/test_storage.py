@@ -17,6 +17,7 @@ from quorumkv.core.ballot import Ballot
 from quorumkv.core.register import Register
 from quorumkv.storage import log as log_storage
 from quorumkv.storage.committer import GroupCommitter
+from quorumkv.storage.dir_lock import LOCK_NAME, DataDirInUse, lock_data_dir
 from quorumkv.storage.fsyncer import FsyncProcessError
 from quorumkv.storage.log import LOG_NAME, LogError, LogStorage
 
@@ -33,7 +34,7 @@ async def test_a_staged_state_is_on_disk_once_its_future_resolves(tmp_path: Path
     assert committer.durable("k") is durable
     await durable
     assert committer.durable("k") is None
-    reopened = dict(LogStorage(tmp_path).load())  # what a restart would see
+    reopened = log_storage.replay(tmp_path / LOG_NAME).states  # what a restart would see
     assert reopened == {"k": state(1, b"v1")}
     await committer.close()
 
@@ -55,10 +56,10 @@ def fsync_child(storage: LogStorage) -> int:
     return storage._fsyncer.pid
 
 
-def files_held(pid: int, directory: Path) -> set[int]:
-    """The inodes of the files in `directory` (renamed away or not) that process `pid` has open."""
+def logs_held(pid: int, path: Path) -> set[int]:
+    """The inodes of the files at `path` (or once there) that process `pid` has open."""
     return {os.stat(fd).st_ino for fd in Path(f"/proc/{pid}/fd").iterdir()
-            if os.readlink(fd).startswith(str(directory))}
+            if os.readlink(fd).startswith(str(path))}
 
 
 async def test_the_loop_keeps_running_while_the_disk_is_slow(tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ async def test_the_loop_keeps_running_while_the_disk_is_slow(tmp_path: Path) -> 
     finally:
         os.kill(child, signal.SIGCONT)
     await slow
-    assert dict(LogStorage(tmp_path).load())["slow"] == state(1, b"s")
+    assert log_storage.replay(tmp_path / LOG_NAME).states["slow"] == state(1, b"s")
     await committer.close()
 
 
@@ -105,6 +106,28 @@ async def test_the_fsync_process_ends_with_the_storage(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.01)
     assert not Path(f"/proc/{child}").exists(), "the fsync process outlived its storage"
+
+
+def test_a_second_replica_on_the_data_directory_is_refused(tmp_path: Path) -> None:
+    storage = LogStorage(tmp_path)
+    with pytest.raises(DataDirInUse, match="in use by another process"):
+        lock_data_dir(tmp_path, wait=0.2)
+    storage.close()
+    os.close(lock_data_dir(tmp_path, wait=0.2))  # free once the first has stopped
+
+
+async def test_the_fsync_process_holds_the_directory_until_it_exits(tmp_path: Path) -> None:
+    """A `kill -9` of the replica leaves its fsync child to finish (it may be writing zeros
+    ahead of the log's end): no new replica may start on the directory until it has."""
+    storage = LogStorage(tmp_path)
+    await commit(storage, {"a": state(1, b"a")}, {})
+    assert storage._fsyncer is not None
+    os.close(storage._lock)  # the replica's own descriptors, as its death would close them
+    os.close(storage._fd)
+    with pytest.raises(DataDirInUse):
+        lock_data_dir(tmp_path, wait=0.2)
+    storage._fsyncer.close()  # its input closes: the child exits
+    os.close(lock_data_dir(tmp_path, wait=5))
 
 
 async def commit(storage: LogStorage, states: dict[str, AcceptorState],
@@ -253,7 +276,7 @@ async def test_commits_made_while_a_compaction_runs_are_kept(
     assert storage._compaction is None
     await commit(storage, {"after": state(1, b"a")}, {})  # appended to the new log
     # and that commit's fsync was of the new file, not of the one renamed away
-    assert files_held(fsync_child(storage), tmp_path) == {os.stat(storage.path).st_ino}
+    assert logs_held(fsync_child(storage), storage.path) == {os.stat(storage.path).st_ino}
     storage.close()
     states, storage = reopened(tmp_path)
     assert states == {"hot": state(counter, b"y" * 200), "last": state(1, b"l"),
@@ -293,4 +316,4 @@ def test_a_data_directory_of_the_sqlite_era_is_converted(tmp_path: Path) -> None
                       "deleted": AcceptorState(b, b, Register(None, b))}
     assert storage.get_meta("incarnation") == "abc" and storage.get_meta("boot") == "4"
     storage.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LOG_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME, LOG_NAME]

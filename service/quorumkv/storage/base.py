@@ -14,6 +14,10 @@ from typing import Protocol
 from quorumkv.core.acceptor import AcceptorState
 
 
+class StorageError(Exception):
+    """The data directory holds, or is in, a state this replica must not start from."""
+
+
 class Storage(Protocol):
     def load(self) -> Iterator[tuple[str, AcceptorState]]:
         """Every key's state, as last committed. Called once, at start, before any commit."""

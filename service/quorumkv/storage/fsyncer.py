@@ -41,10 +41,12 @@ class Fsyncer:
     closing need no loop and closing waits for the child's exit right there.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lock: int) -> None:
+        """`lock` is the data directory's lock (`storage/dir_lock.py`): the child holds it
+        until it exits."""
         self._child = subprocess.Popen(
             [sys.executable, "-I", "-S", fsync_child.__file__, str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, pass_fds=(lock,))
         assert self._child.stdin is not None and self._child.stdout is not None
         self._requests = self._child.stdin.fileno()
         self._answers = self._child.stdout.fileno()

@@ -42,7 +42,9 @@ from typing import Any, NamedTuple
 import msgpack
 
 from quorumkv.core.acceptor import INITIAL, AcceptorState
+from quorumkv.storage.base import StorageError
 from quorumkv.storage.codec import state_from_row, state_to_row
+from quorumkv.storage.dir_lock import lock_data_dir
 from quorumkv.storage.fsyncer import Fsyncer
 from quorumkv.storage.memory import MemoryStorage
 from quorumkv.storage.sqlite_import import import_sqlite, remove_sqlite
@@ -57,8 +59,8 @@ SNAPSHOT_FRAME_ROWS = 4096  # states per frame of a snapshot: bounds one frame's
 PREALLOCATE_AHEAD = 4 << 20  # zeros kept ahead of the log's end; topped up at half of it
 
 
-class LogError(Exception):
-    """The data directory holds something this replica must not start from."""
+class LogError(StorageError):
+    """The data directory holds something that is not a log this replica can start from."""
 
 
 class Replay(NamedTuple):
@@ -150,6 +152,7 @@ def snapshot_frames(states: Mapping[str, AcceptorState],
 class LogStorage:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(data_dir)  # held by the fsync child too
         self.path = data_dir / LOG_NAME
         self._temporary = data_dir / (LOG_NAME + ".next")
         self._temporary.unlink(missing_ok=True)  # a compaction a crash interrupted
@@ -194,7 +197,7 @@ class LogStorage:
 
     async def sync(self) -> None:
         if self._fsyncer is None:
-            self._fsyncer = Fsyncer(self.path)
+            self._fsyncer = Fsyncer(self.path, self._lock)
         await self._fsyncer.sync()
         if self._compaction is not None and self._compaction.done():
             loop = asyncio.get_running_loop()
@@ -222,6 +225,7 @@ class LogStorage:
             self._temporary.unlink(missing_ok=True)
         self._compactor.shutdown(wait=True)
         os.close(self._fd)
+        os.close(self._lock)
 
     def _compaction_due(self) -> bool:
         return self._size >= COMPACT_MIN_BYTES and self._size >= 2 * self._compacted_size
