@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import uuid
 from functools import partial
@@ -32,6 +33,10 @@ from quorumkv.storage.memory import MemoryStorage
 
 log = logging.getLogger("quorumkv.node")
 
+# A commit that failed leaves memory ahead of the disk, and a failed fsync cannot be retried
+# (Linux may already have dropped the dirty pages), so the replica stops at once and its
+# restart replays the log, as PostgreSQL does on a failed fsync. 0-3 are the CLI's.
+EXIT_STORAGE_FAILED = 4
 HEARTBEAT_INTERVAL = 0.25  # with HEARTBEAT_TIMEOUT: a silent peer is noticed in 0.4-0.65 s
 
 
@@ -71,7 +76,8 @@ class Node:
         self.settings = settings
         self.metrics = metrics or Metrics()
         storage, self.incarnation, self.boot = open_storage(settings)
-        self._committer = GroupCommitter(storage, self.metrics.observe_commit)
+        self._committer = GroupCommitter(storage, self.metrics.observe_commit,
+                                         on_failure=self._storage_failed)
         self.local = LocalAcceptor(self._committer, storage.load(),
                                    int(storage.get_meta(META_FLOOR) or "0"))
         self.metrics.keys.set_function(lambda: len(self.local))
@@ -160,6 +166,12 @@ class Node:
             forward.abandon(f"{peer} stopped answering")
         if self.coordinator is not None:
             self.coordinator.forget_promises()
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        log.critical("storage failed: exiting so that a restart replays the log",
+                     extra={"error": f"{type(exc).__name__}: {exc}",
+                            "exit_code": EXIT_STORAGE_FAILED})
+        os._exit(EXIT_STORAGE_FAILED)
 
     def _configuration_changed(self, config: Config) -> None:
         if self._session is not None:

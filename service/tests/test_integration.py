@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from quorumkv.core.acceptor import Promise
 from quorumkv.core.ballot import Ballot
 from quorumkv.core.messages import Read, Unchanged
 from quorumkv.core.quorum import Config
+from quorumkv.node import EXIT_STORAGE_FAILED
 from quorumkv.replication import stream as stream_module
 from quorumkv.replication import wire
 from quorumkv.replication.coordinator import home_of
@@ -248,6 +251,38 @@ async def test_kill_one_replica_writes_continue_nothing_lost(cluster: Replicas) 
         await asyncio.sleep(0.5)
     else:
         raise AssertionError("replica 2 did not catch up by anti-entropy")
+
+
+def fsync_child_of(pid: int) -> int:
+    """The pid of replica process `pid`'s fsync child."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"fsync_child" in cmdline:
+                return int(entry.name)
+    raise AssertionError(f"replica {pid} has no fsync child")
+
+
+async def test_a_replica_whose_storage_fails_exits_and_comes_back_whole(
+    cluster: Replicas,
+) -> None:
+    """Without its fsync process a replica cannot make anything durable: it must stop (a
+    restart replays its log), not go on answering from memory; the others carry on."""
+    before = await write_many(cluster.urls["0"], "before-", 30)
+    replica = cluster.procs["2"]
+    os.kill(fsync_child_of(replica.pid), signal.SIGKILL)
+    acked = await write_many(cluster.urls["0"], "after-", 60)  # replica 2 votes on some
+    assert replica.wait(timeout=10) == EXIT_STORAGE_FAILED
+    assert "storage failed" in cluster.log("2")
+    assert len(acked) >= 55  # only those in flight when it stopped may be indeterminate
+    del cluster.procs["2"]
+    cluster.start("2")
+    cluster.wait_ready(["2"])
+    await assert_readable(cluster.urls["2"], {**before, **acked})
 
 
 async def test_paused_replica_does_not_block_a_majority(cluster: Replicas) -> None:

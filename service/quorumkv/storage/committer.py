@@ -17,12 +17,16 @@ from quorumkv.core.acceptor import AcceptorState
 from quorumkv.storage.base import Storage
 
 CommitObserver = Callable[[int, float], None]  # (batch size, seconds spent writing + fsync)
+FailureHandler = Callable[[BaseException], None]
 
 
 class GroupCommitter:
-    def __init__(self, storage: Storage, observe: CommitObserver | None = None) -> None:
+    def __init__(self, storage: Storage, observe: CommitObserver | None = None,
+                 on_failure: FailureHandler | None = None) -> None:
+        """`on_failure` is called once, with the error, when a commit fails."""
         self._storage = storage
         self._observe = observe
+        self._on_failure = on_failure
         self._pending: dict[str, AcceptorState] = {}
         self._pending_meta: dict[str, str] = {}
         self._pending_done: asyncio.Future[None] | None = None
@@ -73,6 +77,8 @@ class GroupCommitter:
                     done.set_exception(exc)
                     if self._pending_done is not None:
                         self._pending_done.set_exception(exc)
+                    if self._on_failure is not None:
+                        self._on_failure(exc)
                     raise
                 if self._observe is not None:
                     self._observe(len(self._inflight) + len(meta), seconds)
