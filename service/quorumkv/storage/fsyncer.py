@@ -37,8 +37,8 @@ class FsyncProcessError(OSError):
 class Fsyncer:
     """The replica's side: `sync` resolves once the child's `fdatasync` of the file returned.
 
-    Plain pipes watched by the event loop (no asyncio subprocess machinery), so starting and
-    closing need no loop and closing waits for the child's exit right there.
+    Plain pipes, the answers watched by the event loop it is made on (no asyncio subprocess
+    machinery): closing needs no loop and waits for the child's exit right there.
     """
 
     def __init__(self, path: Path, lock: int) -> None:
