@@ -118,6 +118,7 @@ class Simulation:
         self.purged_head: dict[str, Ballot] = {}  # key -> version of its last purged tombstone
         self.purged = 0
         self.fast_creates = 0  # creates done in their fast round
+        self.settled_creates = 0  # fast creates a voter refused, done by a settling round
 
     # -- network ---------------------------------------------------------------------------
     def send(self, event: tuple[Any, ...]) -> None:
@@ -226,6 +227,10 @@ class Simulation:
 
         before = chosen(nodes)
         nodes.add(node)
+        if isinstance(request, FastAccept) and not before and chosen(nodes):
+            # every voter held no vote when it took this one: the key was absent then, so it
+            # follows the last purge before now, whatever it was when the vote was sent
+            self.parent[slot] = self.absent_version(request.key, None)
         if not before and chosen(nodes):
             self.chosen[request.key].append(
                 (request.ballot, self.absent_version(request.key, request.register.version)))
@@ -334,6 +339,7 @@ class Simulation:
             self.broadcast(client, action.message)
         elif isinstance(action, proposer.Done):
             self.fast_creates += client.proposal.phase is proposer.Phase.FAST
+            self.settled_creates += client.proposal.settling is not None
             if action.next_ballot is not None:
                 client.cache[key] = (action.next_ballot, action.register)
             client.last_etag[key] = action.register.etag
@@ -352,7 +358,7 @@ class Simulation:
             return
         assert client.proposal is not None
         if self.now >= client.deadline:
-            accepted = client.proposal.phase.voted
+            accepted = client.proposal.voted
             self.finish(client, "indeterminate" if accepted else "failed")
         elif client.retry_at is not None and self.now >= client.retry_at:
             client.retry_at = None
@@ -416,4 +422,5 @@ class Simulation:
         counts["chosen"] = sum(len(c) for c in self.chosen.values())
         counts["purged"] = self.purged
         counts["fast_creates"] = self.fast_creates
+        counts["settled_creates"] = self.settled_creates
         return dict(counts)

@@ -302,12 +302,58 @@ def test_fast_create_refused_by_all_but_a_minority_retries() -> None:
     assert action == proposer.Retry(B2)
 
 
-def test_fast_create_accepted_by_a_quorum_but_refused_by_one_is_indeterminate() -> None:
+def _settling() -> tuple[proposer.Proposal, FastAccept, Prepare]:
+    """A fast create that a and b took and c refused (its floor was at B2)."""
     prop, vote = _fast_create()
     prop, _ = proposer.on_reply(prop, "a", vote, Accepted())
     prop, _ = proposer.on_reply(prop, "b", vote, Accepted())
-    prop, action = proposer.on_reply(prop, "c", vote, Conflict(B1))
-    assert isinstance(action, proposer.Indeterminate)
+    prop, action = proposer.on_reply(prop, "c", vote, Conflict(B2))
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
+    assert action.message.ballot > B2 and prop.voted  # never retried from now on
+    return prop, vote, action.message
+
+
+def _settle_with(replies: dict[str, Promise]) -> tuple[proposer.Proposal, proposer.Action]:
+    prop, _, prepare = _settling()
+    action: proposer.Action = proposer.Continue()
+    for node, reply in replies.items():
+        prop, action = proposer.on_reply(prop, node, prepare, reply)
+    return prop, action
+
+
+def test_a_fast_create_one_voter_refused_is_settled_by_a_classic_round() -> None:
+    prop, vote, _ = _settling()
+    ours = Promise(vote.ballot, vote.register, VOTERS)
+    # the repliers that took it: the vote is adopted and re-proposed unchanged
+    prop, action = _settle_with({"a": ours, "b": ours})
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Accept)
+    accept = action.message
+    assert accept.register == vote.register
+    prop, _ = proposer.on_reply(prop, "a", accept, Accepted())
+    prop, action = proposer.on_reply(prop, "c", accept, Accepted())
+    assert isinstance(action, proposer.Done) and action.outcome is Outcome.CREATED
+    assert action.register == vote.register
+    # the refuser among them: the vote cannot have been chosen, the key is new: create now
+    prop, action = _settle_with({"a": ours, "c": NONE})
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Accept)
+    assert action.message.register == Register(b"v", prop.ballot)
+
+
+def test_settling_a_fast_create_is_indeterminate_whenever_ours_may_have_come_first() -> None:
+    prop, vote, _ = _settling()
+    ours = Promise(vote.ballot, vote.register, VOTERS)
+    later = Ballot(5, "b", 1)
+    deleted = Promise(later, Register(None, later))
+    other = Promise(later, Register(b"other", later))
+    for replies in ({"a": ours, "b": other},  # someone else's value after ours
+                    {"a": deleted, "c": NONE},  # ours may have been created, then deleted
+                    {"b": NONE, "c": NONE}):  # nobody holds ours: it may have been purged
+        _, action = _settle_with(replies)
+        assert isinstance(action, proposer.Indeterminate), replies
+    prop, _, prepare = _settling()
+    prop, _ = proposer.on_reply(prop, "a", prepare, Conflict(later))
+    prop, action = proposer.on_reply(prop, "b", prepare, Conflict(later))
+    assert isinstance(action, proposer.Indeterminate)  # not Retry: a retry would answer 412
 
 
 def test_read_of_a_fast_vote_returns_it_only_from_all_its_voters() -> None:

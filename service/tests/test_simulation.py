@@ -134,10 +134,12 @@ def fast_create_runs(**broken: bool) -> list[Simulation]:
 
 def test_fast_creates_are_safe_and_exercised() -> None:
     """The safety runs above include fast creates; here every create tries one first, on
-    keys that start absent and that deletes and tombstone purges make absent again."""
+    keys that start absent and that deletes and tombstone purges make absent again. Some are
+    refused by a voter and settled by a classic round."""
     runs = fast_create_runs()
     assert [sim.violations() for sim in runs if sim.violations()] == []
     assert sum(sim.summary()["fast_creates"] for sim in runs) > 50
+    assert sum(sim.summary()["settled_creates"] for sim in runs) > 0  # refused by a voter
 
 
 def test_checker_catches_fast_creates_done_on_a_quorum() -> None:

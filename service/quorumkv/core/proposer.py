@@ -10,7 +10,10 @@ Safety rules encoded here:
   rejected it (then nothing was accepted anywhere); otherwise the outcome is indeterminate;
 - a fast create (Fast Paxos, `begin_fast_create`) is done only when every voter accepted its
   fast vote; it is retried when so many refused that the others are no quorum (no prepare
-  can ever adopt the vote then, see `choose`), and is indeterminate otherwise.
+  can ever adopt the vote then, see `choose`);
+- when a quorum took the fast vote but a voter refused it (e.g. a purge had just raised that
+  voter's promise floor), a classic round at a higher ballot *settles* the create (`_settle`),
+  and the create is never retried after that (see `Proposal.voted`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ class Proposal(NamedTuple):
     proposed: Register | None = None
     outcome: Outcome | None = None
     message: Request | None = None  # what the current phase broadcast; older replies are stale
+    settling: Register | None = None  # the fast vote a classic round settles (`_settle`)
+
+    @property
+    def voted(self) -> bool:
+        """Acceptors may hold this proposal's value: retrying could apply it twice."""
+        return self.phase.voted or self.settling is not None
 
 
 class Continue(NamedTuple):
@@ -164,7 +173,7 @@ def on_reply(
             rejected=proposal.rejected | {sender},
             highest_seen=max(proposal.highest_seen, reply.seen),
         )
-        return proposal, _after_rejection(proposal)
+        return _after_rejection(proposal)
     if proposal.phase.voted:
         if not isinstance(reply, Accepted):
             return proposal, Continue()
@@ -172,7 +181,7 @@ def on_reply(
         enough = proposal.ok == proposal.config.voters if proposal.phase is Phase.FAST \
             else proposal.config.is_quorum(proposal.ok)
         if not enough:
-            return proposal, _after_rejection(proposal)
+            return _after_rejection(proposal)
         assert proposal.proposed is not None and proposal.outcome is not None
         assert isinstance(proposal.message, Accept | FastAccept)
         return proposal, Done(proposal.outcome, proposal.proposed, proposal.message.next_promise)
@@ -188,6 +197,8 @@ def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Propos
     if not proposal.config.is_quorum(proposal.ok):
         return proposal, Continue()
     best = choose(proposal.replies)
+    if proposal.settling is not None:
+        return _settled(proposal, best)
     if proposal.phase is Phase.READ:
         # One round trip when the quorum agrees on a chosen state. A fast vote held by all
         # repliers may still lack a voter (not chosen yet): settle it with a write-back.
@@ -205,6 +216,10 @@ def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Propos
 
 def _to_accept(proposal: Proposal, current: Register) -> tuple[Proposal, Send]:
     register, outcome = apply_change(proposal.change, current, proposal.ballot)
+    return _accept(proposal, register, outcome)
+
+
+def _accept(proposal: Proposal, register: Register, outcome: Outcome) -> tuple[Proposal, Send]:
     next_promise = proposal.ballot.next(proposal.node, proposal.boot)
     message = Accept(proposal.key, proposal.ballot, register, next_promise)
     proposal = proposal._replace(phase=Phase.ACCEPT, ok=frozenset(), rejected=frozenset(),
@@ -212,19 +227,54 @@ def _to_accept(proposal: Proposal, current: Register) -> tuple[Proposal, Send]:
     return proposal, Send(message)
 
 
-def _after_rejection(proposal: Proposal) -> Action:
+def _after_rejection(proposal: Proposal) -> tuple[Proposal, Action]:
     """Decide once a quorum can no longer be reached in this phase."""
     voters = proposal.config.voters
     if proposal.phase is Phase.FAST:
         if not proposal.config.is_quorum(voters - proposal.rejected):
-            return Retry(proposal.highest_seen)  # no quorum can ever adopt the fast vote
+            return proposal, Retry(proposal.highest_seen)  # no quorum can adopt the vote
         if proposal.ok | proposal.rejected == voters:
-            return Indeterminate()
-        return Continue()
+            return _settle(proposal)
+        return proposal, Continue()
     if proposal.config.is_quorum(voters - proposal.rejected):
-        return Continue()
+        return proposal, Continue()
     if proposal.phase is not Phase.ACCEPT or proposal.rejected == voters:
-        return Retry(proposal.highest_seen)
+        if proposal.settling is not None:
+            return proposal, Indeterminate()  # a new proposal could not tell our vote apart
+        return proposal, Retry(proposal.highest_seen)
     if proposal.ok:
-        return Indeterminate()
-    return Continue()  # nobody accepted yet: wait for the rest, maybe all reject
+        return proposal, Indeterminate()
+    return proposal, Continue()  # nobody accepted yet: wait for the rest, maybe all reject
+
+
+def _settle(proposal: Proposal) -> tuple[Proposal, Send]:
+    """Every voter answered the fast vote, a quorum took it, some refused it: it is neither
+    chosen nor safe to retry. A classic round above every ballot seen settles it."""
+    ballot = proposal.highest_seen.next(proposal.node, proposal.boot)
+    message = Prepare(proposal.key, ballot)
+    return proposal._replace(phase=Phase.PREPARE, ballot=ballot, ok=frozenset(),
+                             rejected=frozenset(), replies=(), settling=proposal.proposed,
+                             message=message), Send(message)
+
+
+def _settled(proposal: Proposal, best: Promise) -> tuple[Proposal, Action]:
+    """What the settling round's prepare found decides the create:
+
+    - our fast vote, adopted (or our value, accepted by someone's round): the create took
+      effect or will with this round's accept, which re-proposes it unchanged;
+    - a key never written (no replier holds a regular vote), while some replier still holds
+      our fast vote: that vote was never chosen (`choose` did not adopt it), and nothing can
+      have been chosen and purged since, since a purge needs every voter to have accepted the
+      tombstone over our vote. The create applies now, at this round's ballot;
+    - anything else (another value, a tombstone, or our vote gone from every replier): ours
+      may have taken effect before it, so the outcome is indeterminate.
+    """
+    assert proposal.settling is not None and proposal.outcome is not None
+    if best.register == proposal.settling:
+        register, outcome = best.register, proposal.outcome
+    elif best.register == EMPTY and any(r.register == proposal.settling
+                                        for _, r in proposal.replies):
+        register, outcome = apply_change(proposal.change, EMPTY, proposal.ballot)
+    else:
+        return proposal, Indeterminate()
+    return _accept(proposal, register, outcome)

@@ -168,7 +168,7 @@ class Coordinator:
                     return action.outcome, action.register
                 self._promised.pop(key, None)
                 restart = isinstance(action, Retry | NotSent) or (
-                    action is None and not prop.phase.voted and self._epoch_changed(prop))
+                    action is None and not prop.voted and self._epoch_changed(prop))
                 if restart:
                     attempts += 1
                     self._observe("conflict")
@@ -182,7 +182,7 @@ class Coordinator:
                     prop, send = proposer.begin_prepare(key, change, self._membership.config,
                                                         self._node, self._boot, seen)
                     continue
-                indeterminate = isinstance(action, Indeterminate) or prop.phase.voted
+                indeterminate = isinstance(action, Indeterminate) or prop.voted
                 raise QuorumUnavailable(
                     f"no quorum confirmed the change of {key!r} in time"
                     + ("; it may still take effect" if indeterminate else ""),
