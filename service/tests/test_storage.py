@@ -84,6 +84,16 @@ async def test_the_loop_keeps_running_while_the_disk_is_slow(tmp_path: Path) -> 
     await committer.close()
 
 
+async def test_the_fsync_process_never_preempts_its_replica(tmp_path: Path) -> None:
+    """It runs under SCHED_BATCH: a commit command wakes it without taking the CPU from the
+    replica that wrote it (bench/README.md, "Seventh pass")."""
+    committer = GroupCommitter(storage := LogStorage(tmp_path))
+    await committer.stage("a", state(1, b"a"))
+    assert os.sched_getscheduler(fsync_child(storage)) == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the replica's own policy is untouched
+    await committer.close()
+
+
 async def test_a_dead_fsync_process_fails_the_commit_and_every_later_one(tmp_path: Path) -> None:
     committer = GroupCommitter(storage := LogStorage(tmp_path))
     await committer.stage("a", state(1, b"a"))
