@@ -403,6 +403,18 @@ class QuorumKV(Cluster):
         return ("PUT", "/v1/kv/" + urllib.parse.quote(key, safe=""), value,
                 {"Content-Type": "application/octet-stream"})
 
+    def home_table(self, keyspace: int) -> Path:
+        """A Lua file returning, for key i of the keyspace, the index of its home replica
+        (element i + 1), as the replicas pick it: the `*_home` workloads send each key only
+        to its home, so nothing is forwarded."""
+        path = self.workdir / f"{self.tag}-homes-{keyspace}.lua"
+        if not path.exists():
+            from quorumkv.replication.coordinator import home_of  # the replicas' own rule
+            voters = [str(i) for i in range(self.replicas)]
+            homes = (home_of(f"key-{i:08d}", voters) for i in range(keyspace))
+            path.write_text("return {" + ",".join(homes) + "}\n")
+        return path
+
 
 def qkv_command(spec: str, default: str | None, workdir: Path
                 ) -> tuple[list[str], dict[str, str], str]:
@@ -501,9 +513,12 @@ def prefill(cluster: Cluster, keyspace: int, value_size: int, workers: int = 16)
 
 # -------------------------------------------------------------------------------------- wrk
 def run_wrk(script: str, targets: list[str], conns: int, threads: int, duration: float,
-            opts: argparse.Namespace, run_id: str, partition: bool = False) -> dict[str, Any]:
+            opts: argparse.Namespace, run_id: str, partition: bool = False,
+            homes: Path | None = None) -> dict[str, Any]:
+    """`partition`: each wrk thread uses only some keys, those whose home (`homes`, a
+    `QuorumKV.home_table`) is the member it talks to, or without `homes` every n-th key."""
     env = dict(os.environ, BENCH_TARGETS=",".join(targets), BENCH_KEYSPACE=str(opts.keyspace),
-               BENCH_PARTITION="1" if partition else "0",
+               BENCH_PARTITION="1" if partition else "0", BENCH_HOMES=str(homes or ""),
                BENCH_VALUE=str(opts.value_size), BENCH_RUN=run_id,
                BENCH_SEED=str(secrets.randbelow(1 << 30)))
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration:g}s",
@@ -547,8 +562,11 @@ def measure(cluster: Cluster, others: set[int], workload: str, rnd: int,
     busy0 = cpu_busy_seconds()
     t0 = time.time()
     run_id = f"r{rnd}{secrets.token_hex(3)}"
+    partition = workload in PARTITIONED
+    homes = cluster.home_table(opts.keyspace) \
+        if partition and isinstance(cluster, QuorumKV) and mode != "leader" else None
     res = run_wrk(script, targets, conns, threads, duration, opts, run_id,
-                  partition=workload in PARTITIONED)
+                  partition=partition, homes=homes)
     wall = time.time() - t0
     busy1 = cpu_busy_seconds()
     table1 = proc_table()
