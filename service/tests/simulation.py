@@ -33,6 +33,8 @@ from quorumkv.core.messages import Accept, FastAccept, Prepare, Purge, Read, Rep
 from quorumkv.core.quorum import Config
 from quorumkv.core.register import EMPTY
 
+READ_PATIENCE = 0.05  # per tick: a read waiting for a fast vote's last voters gives up
+
 
 @dataclasses.dataclass
 class Faults:
@@ -49,6 +51,8 @@ class Faults:
     fast_create_rate: float = 0.0  # share of creates that try the fast round first
     fast_on_quorum: bool = False  # BROKEN on purpose: a fast create is done once a quorum
     # (not every acceptor) took it
+    fast_read_on_quorum: bool = False  # BROKEN on purpose: a read returns a fast vote once a
+    # quorum holds it (not every voter of the vote)
 
 
 @dataclasses.dataclass
@@ -119,6 +123,8 @@ class Simulation:
         self.purged = 0
         self.fast_creates = 0  # creates done in their fast round
         self.settled_creates = 0  # fast creates a voter refused, done by a settling round
+        self.fast_vote_reads = 0  # reads that heard every voter of a fast vote hold it
+        self.reads_gave_up = 0  # reads that stopped waiting for a fast vote's last voters
 
     # -- network ---------------------------------------------------------------------------
     def send(self, event: tuple[Any, ...]) -> None:
@@ -134,7 +140,7 @@ class Simulation:
         return self.down_until.get(node, -1) > self.now
 
     # -- acceptors -------------------------------------------------------------------------
-    def deliver_request(self, client: int, node: str, request: Request) -> None:
+    def deliver_request(self, client: int, node: str, request: Request, op: OpRecord) -> None:
         if self.is_down(node):
             return
         states = self.state[node]
@@ -159,7 +165,7 @@ class Simulation:
                 self.persisted[node][request.key] = state
                 self.note_accept(node, request)
         states[request.key] = state
-        self.send(("reply", client, node, request, reply))
+        self.send(("reply", client, node, request, reply, op))
 
     def deliver_collect(self, index: int, node: str, request: Read | Purge) -> None:
         if self.is_down(node):
@@ -304,7 +310,7 @@ class Simulation:
             self.parent[(message.key, message.ballot)] = self.absent_version(message.key,
                                                                              base.version)
         for node in self.nodes:
-            self.send(("request", client.index, node, message))
+            self.send(("request", client.index, node, message, client.op))
 
     def finish(self, client: ClientState, outcome: str, version: Ballot | None = None) -> None:
         assert client.op is not None
@@ -318,10 +324,11 @@ class Simulation:
         client.retry_at = None
         client.ops_left -= 1
 
-    def deliver_reply(self, index: int, node: str, request: Request, reply: Reply) -> None:
+    def deliver_reply(self, index: int, node: str, request: Request, reply: Reply,
+                      op: OpRecord) -> None:
         client = self.clients[index]
-        if client.proposal is None or client.retry_at is not None:
-            return
+        if client.proposal is None or client.retry_at is not None or client.op is not op:
+            return  # a reply to an earlier operation: replicas match replies to their calls
         client.proposal, action = proposer.on_reply(client.proposal, node, request, reply)
         client.high = max(client.high, client.proposal.highest_seen)
         prop = client.proposal
@@ -330,6 +337,11 @@ class Simulation:
                 and self.config.is_quorum(prop.ok):
             assert prop.proposed is not None and isinstance(prop.message, FastAccept)
             action = proposer.Done(Outcome.CREATED, prop.proposed, None)
+        if self.faults.fast_read_on_quorum and prop.phase is proposer.Phase.READ \
+                and isinstance(action, proposer.Continue) and self.config.is_quorum(prop.ok):
+            best = proposer.choose(prop.replies)
+            outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
+            action = proposer.Done(outcome, best.register, None)
         self.act(client, action)
 
     def act(self, client: ClientState, action: proposer.Action) -> None:
@@ -340,6 +352,7 @@ class Simulation:
         elif isinstance(action, proposer.Done):
             self.fast_creates += client.proposal.phase is proposer.Phase.FAST
             self.settled_creates += client.proposal.settling is not None
+            self.fast_vote_reads += proposer.chosen_fast_vote(client.proposal) is not None
             if action.next_ballot is not None:
                 client.cache[key] = (action.next_ballot, action.register)
             client.last_etag[key] = action.register.etag
@@ -360,6 +373,14 @@ class Simulation:
         if self.now >= client.deadline:
             accepted = client.proposal.voted
             self.finish(client, "indeterminate" if accepted else "failed")
+        elif client.proposal.phase is proposer.Phase.READ \
+                and self.config.is_quorum(client.proposal.ok) \
+                and self.rng.random() < READ_PATIENCE:
+            # a read waiting for a fast vote's last voters gives up on them at some point
+            client.proposal, action = proposer.on_silence(client.proposal)
+            assert action is not None
+            self.reads_gave_up += 1
+            self.act(client, action)
         elif client.retry_at is not None and self.now >= client.retry_at:
             client.retry_at = None
             prop = client.proposal
@@ -380,13 +401,13 @@ class Simulation:
             while self.queue and self.queue[0][0] <= self.now:
                 _, _, event = heapq.heappop(self.queue)
                 if event[0] == "request":
-                    self.deliver_request(event[1], event[2], event[3])
+                    self.deliver_request(event[1], event[2], event[3], event[4])
                 elif event[0] == "collect":
                     self.deliver_collect(event[1], event[2], event[3])
                 elif event[0] == "collected":
                     self.deliver_collected(event[1], event[2], event[3])
                 elif not self.is_down(event[2]):
-                    self.deliver_reply(event[1], event[2], event[3], event[4])
+                    self.deliver_reply(event[1], event[2], event[3], event[4], event[5])
             self.now += 1
         raise AssertionError("the simulation did not finish")
 
@@ -423,4 +444,6 @@ class Simulation:
         counts["purged"] = self.purged
         counts["fast_creates"] = self.fast_creates
         counts["settled_creates"] = self.settled_creates
+        counts["fast_vote_reads"] = self.fast_vote_reads
+        counts["reads_gave_up"] = self.reads_gave_up
         return dict(counts)

@@ -360,6 +360,23 @@ def test_read_of_a_fast_vote_returns_it_only_from_all_its_voters() -> None:
     prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
     prop, _ = proposer.on_reply(prop, "a", send.message, FAST)
     prop, action = proposer.on_reply(prop, "b", send.message, FAST)
+    assert action == proposer.Continue()  # a quorum holds it; c was asked too
+    assert proposer.chosen_fast_vote(prop) is None
+    waited, action = proposer.on_reply(prop, "c", send.message, FAST)
+    assert isinstance(action, proposer.Done) and action.register == FAST.register
+    assert proposer.chosen_fast_vote(waited) == FAST.accepted
+    _, action = proposer.on_reply(prop, "c", send.message, NONE)  # c never took it
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
+    _, gave_up = proposer.on_silence(prop)  # c did not answer in time: write it back
+    assert isinstance(gave_up, proposer.Send) and isinstance(gave_up.message, Prepare)
+    assert gave_up.message.ballot > FAST.accepted
+    prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
+    prop, _ = proposer.on_reply(prop, "a", send.message, FAST)
+    assert proposer.on_silence(prop)[1] is None  # no quorum heard: nothing to go on
+    prop, send = proposer.begin_read("k", Config(2, frozenset({"a", "b"})), "a", 1, ZERO)
+    prop, _ = proposer.on_reply(prop, "a", send.message, FAST)
+    prop, action = proposer.on_reply(prop, "b", send.message, FAST)
+    # its voter c left the cluster since: it will never be heard, write it back at once
     assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
     two = Promise(B2, FAST.register, frozenset({"a", "b"}))
     prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)

@@ -140,6 +140,15 @@ def test_fast_creates_are_safe_and_exercised() -> None:
     assert [sim.violations() for sim in runs if sim.violations()] == []
     assert sum(sim.summary()["fast_creates"] for sim in runs) > 50
     assert sum(sim.summary()["settled_creates"] for sim in runs) > 0  # refused by a voter
+    # reads that waited for all of a fast vote's voters, and reads that gave up on them
+    assert sum(sim.summary()["fast_vote_reads"] for sim in runs) > 5
+    assert sum(sim.summary()["reads_gave_up"] for sim in runs) > 5
+
+
+def test_checker_catches_fast_votes_read_from_a_quorum() -> None:
+    """A read may return a fast vote without a write-back only once every voter of the vote
+    holds it: one that a quorum holds may still lose to a value a later prepare adopts."""
+    assert any(sim.violations() for sim in fast_create_runs(fast_read_on_quorum=True))
 
 
 def test_checker_catches_fast_creates_done_on_a_quorum() -> None:

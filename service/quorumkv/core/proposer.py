@@ -1,7 +1,8 @@
 """The proposer of one operation on one key, as a pure state machine.
 
 `begin_*` functions return the first state and the message to broadcast; `on_reply` feeds one
-reply and returns the next state and what to do. The async coordinator and the simulated
+reply and returns the next state and what to do; `on_silence` says no more replies will come
+in time. The async coordinator and the simulated
 network of the tests both drive this same code, so what the simulation checks is what runs.
 
 Safety rules encoded here:
@@ -201,17 +202,44 @@ def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Propos
         return _settled(proposal, best)
     if proposal.phase is Phase.READ:
         # One round trip when the quorum agrees on a chosen state. A fast vote held by all
-        # repliers may still lack a voter (not chosen yet): settle it with a write-back.
+        # repliers is chosen once its other voters are heard holding it too: wait for them
+        # (they were asked as well) rather than write it back, unless the driver gives up.
         uniform = all(r.accepted == best.accepted for _, r in proposal.replies)
         if uniform and best.fast <= proposal.ok:
             outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
             return proposal, Done(outcome, best.register, None)
-        # Replicas disagree: finish the latest value with a write-back (identity change).
-        proposal, send = begin_prepare(proposal.key, Identity(), proposal.config,
-                                       proposal.node, proposal.boot, proposal.highest_seen)
-        return proposal, send
+        if uniform and best.fast <= proposal.config.voters:
+            return proposal, Continue()
+        return _write_back(proposal)
     proposal, send = _to_accept(proposal, best.register)
     return proposal, send
+
+
+def on_silence(proposal: Proposal) -> tuple[Proposal, Action | None]:
+    """No more replies will come in time (the rest failed, or the driver's patience ran out).
+
+    A read that heard a quorum agree on a fast vote, but not yet every voter of that vote,
+    finishes with a write-back; anything else has nothing to go on (None).
+    """
+    if proposal.phase is Phase.READ and proposal.config.is_quorum(proposal.ok):
+        return _write_back(proposal)
+    return proposal, None
+
+
+def chosen_fast_vote(proposal: Proposal) -> Ballot | None:
+    """The ballot of the fast vote a finished read heard from every one of its voters: it
+    is chosen, and may be read like a regular vote from now on."""
+    if proposal.phase is not Phase.READ or not proposal.config.is_quorum(proposal.ok):
+        return None
+    best = choose(proposal.replies)
+    return best.accepted if best.fast and best.fast <= proposal.ok else None
+
+
+def _write_back(proposal: Proposal) -> tuple[Proposal, Send]:
+    """Replicas disagree, or agree on a vote not known to be chosen: finish the latest
+    value with an identity change."""
+    return begin_prepare(proposal.key, Identity(), proposal.config, proposal.node,
+                         proposal.boot, proposal.highest_seen)
 
 
 def _to_accept(proposal: Proposal, current: Register) -> tuple[Proposal, Send]:
