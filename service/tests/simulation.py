@@ -337,8 +337,7 @@ class Simulation:
                 and self.config.is_quorum(prop.ok):
             assert prop.proposed is not None and isinstance(prop.message, FastAccept)
             action = proposer.Done(Outcome.CREATED, prop.proposed, None)
-        if self.faults.fast_read_on_quorum and prop.phase is proposer.Phase.READ \
-                and isinstance(action, proposer.Continue) and self.config.is_quorum(prop.ok):
+        if self.faults.fast_read_on_quorum and isinstance(action, proposer.Linger):
             best = proposer.choose(prop.replies)
             outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
             action = proposer.Done(outcome, best.register, None)

@@ -360,7 +360,7 @@ def test_read_of_a_fast_vote_returns_it_only_from_all_its_voters() -> None:
     prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
     prop, _ = proposer.on_reply(prop, "a", send.message, FAST)
     prop, action = proposer.on_reply(prop, "b", send.message, FAST)
-    assert action == proposer.Continue()  # a quorum holds it; c was asked too
+    assert action == proposer.Linger()  # a quorum holds it; c was asked too
     assert proposer.chosen_fast_vote(prop) is None
     waited, action = proposer.on_reply(prop, "c", send.message, FAST)
     assert isinstance(action, proposer.Done) and action.register == FAST.register

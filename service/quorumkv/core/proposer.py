@@ -71,6 +71,12 @@ class Continue(NamedTuple):
     """Keep waiting for replies."""
 
 
+class Linger(NamedTuple):
+    """A quorum answered, and only the replies still out can finish the operation this way
+    (a read of a fast vote not yet heard from all its voters): wait a little for them, then
+    call `on_silence`."""
+
+
 class Send(NamedTuple):
     """Start a new phase: broadcast `message` to every voter."""
 
@@ -93,7 +99,7 @@ class Indeterminate(NamedTuple):
     """An accept was sent but no quorum confirmed it: it may or may not take effect."""
 
 
-Action = Continue | Send | Done | Retry | Indeterminate
+Action = Continue | Linger | Send | Done | Retry | Indeterminate
 
 
 def begin_read(
@@ -202,14 +208,14 @@ def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Propos
         return _settled(proposal, best)
     if proposal.phase is Phase.READ:
         # One round trip when the quorum agrees on a chosen state. A fast vote held by all
-        # repliers is chosen once its other voters are heard holding it too: wait for them
-        # (they were asked as well) rather than write it back, unless the driver gives up.
+        # repliers is chosen once its other voters are heard holding it too: linger for them
+        # (they were asked as well) rather than write it back at once.
         uniform = all(r.accepted == best.accepted for _, r in proposal.replies)
         if uniform and best.fast <= proposal.ok:
             outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
             return proposal, Done(outcome, best.register, None)
         if uniform and best.fast <= proposal.config.voters:
-            return proposal, Continue()
+            return proposal, Linger()
         return _write_back(proposal)
     proposal, send = _to_accept(proposal, best.register)
     return proposal, send
@@ -229,8 +235,8 @@ def on_silence(proposal: Proposal) -> tuple[Proposal, Action | None]:
 def chosen_fast_vote(proposal: Proposal) -> Ballot | None:
     """The ballot of the fast vote a finished read heard from every one of its voters: it
     is chosen, and may be read like a regular vote from now on."""
-    if proposal.phase is not Phase.READ or not proposal.config.is_quorum(proposal.ok):
-        return None
+    if proposal.phase is not Phase.READ or not any(r.fast for _, r in proposal.replies):
+        return None  # (the usual case, first: this runs after every read)
     best = choose(proposal.replies)
     return best.accepted if best.fast and best.fast <= proposal.ok else None
 
