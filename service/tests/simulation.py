@@ -231,12 +231,13 @@ class Simulation:
                 return voters == request.voters
             return self.config.is_quorum(voters)
 
+        if isinstance(request, FastAccept) and not nodes:
+            # an acceptor that takes it holds no vote: the key is absent there, so the vote
+            # follows the last purge before now, whatever it was when the vote was sent (and
+            # the same for every later taker: no purge can pass a key one of them holds)
+            self.parent[slot] = self.absent_version(request.key, None)
         before = chosen(nodes)
         nodes.add(node)
-        if isinstance(request, FastAccept) and not before and chosen(nodes):
-            # every voter held no vote when it took this one: the key was absent then, so it
-            # follows the last purge before now, whatever it was when the vote was sent
-            self.parent[slot] = self.absent_version(request.key, None)
         if not before and chosen(nodes):
             self.chosen[request.key].append(
                 (request.ballot, self.absent_version(request.key, request.register.version)))

@@ -181,18 +181,32 @@ def test_accept_refused_by_every_voter_may_retry() -> None:
     assert action == proposer.Retry(B2)
 
 
-def test_fast_read_needs_agreeing_quorum_else_writes_back() -> None:
+def test_a_read_is_done_in_one_round_trip_when_its_highest_vote_is_held_by_a_quorum() -> None:
     reg = Register(b"v", B1)
     prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
     assert isinstance(send.message, Read)
     prop, _ = proposer.on_reply(prop, "a", send.message, Promise(B1, reg))
     prop, action = proposer.on_reply(prop, "b", send.message, Promise(B1, reg))
     assert isinstance(action, proposer.Done) and action.register == reg
+    # a write in flight: a took it, b not yet; c (asked too) decides
     prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
     prop, _ = proposer.on_reply(prop, "a", send.message, Promise(B1, reg))
     prop, action = proposer.on_reply(prop, "b", send.message, Promise(ZERO, EMPTY))
+    assert action == proposer.Linger()
+    _, action = proposer.on_reply(prop, "c", send.message, Promise(B1, reg))
+    assert isinstance(action, proposer.Done) and action.register == reg  # a and c: chosen
+    _, action = proposer.on_reply(prop, "c", send.message, Promise(ZERO, EMPTY))
     assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
-    assert action.message.ballot > B1
+    assert action.message.ballot > B1  # held by a alone: maybe not chosen, write it back
+    _, action = proposer.on_silence(prop)  # c did not answer in time
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
+    # the highest vote held by one replier while the other two agree on an older one
+    newer = Register(b"w", B2)
+    prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
+    for node, reply in (("a", Promise(B2, newer)), ("b", Promise(B1, reg)),
+                        ("c", Promise(B1, reg))):
+        prop, action = proposer.on_reply(prop, node, send.message, reply)
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
 
 
 def test_promise_floor_covers_promises_lost_in_a_restart() -> None:

@@ -73,8 +73,8 @@ class Continue(NamedTuple):
 
 class Linger(NamedTuple):
     """A quorum answered, and only the replies still out can finish the operation this way
-    (a read of a fast vote not yet heard from all its voters): wait a little for them, then
-    call `on_silence`."""
+    (a read that has not yet heard its highest vote from enough voters to know it chosen):
+    wait a little for them, then call `on_silence`."""
 
 
 class Send(NamedTuple):
@@ -207,25 +207,40 @@ def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Propos
     if proposal.settling is not None:
         return _settled(proposal, best)
     if proposal.phase is Phase.READ:
-        # One round trip when the quorum agrees on a chosen state. A fast vote held by all
-        # repliers is chosen once its other voters are heard holding it too: linger for them
-        # (they were asked as well) rather than write it back at once.
-        uniform = all(r.accepted == best.accepted for _, r in proposal.replies)
-        if uniform and best.fast <= proposal.ok:
-            outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
-            return proposal, Done(outcome, best.register, None)
-        if uniform and best.fast <= proposal.config.voters:
-            return proposal, Linger()
-        return _write_back(proposal)
+        return _read_step(proposal, best)
     proposal, send = _to_accept(proposal, best.register)
     return proposal, send
+
+
+def _read_step(proposal: Proposal, best: Promise) -> tuple[Proposal, Action]:
+    """A read that heard a quorum: done in one round trip if the highest vote it heard is
+    chosen, else linger while the replies still out could show it chosen (every voter was
+    asked), else write the value back.
+
+    A regular vote is chosen once a quorum accepted it: every later ballot carries it, and
+    every earlier completed write is in it, since a quorum held that write's ballot or a higher
+    one before the read began. A fast vote is chosen once every voter it names holds it.
+    So a write in flight that one replier has accepted and another not yet needs no
+    write-back when the third reply shows it too; nor does a fresh fast create.
+    """
+    done = Done(Outcome.READ if best.register.exists else Outcome.NOT_FOUND, best.register, None)
+    if best.fast:  # `choose` adopted it: every replier among its voters holds it
+        if best.fast <= proposal.ok:
+            return proposal, done
+        could_finish = best.fast <= proposal.config.voters  # the rest of them were asked
+    else:
+        holders = frozenset(node for node, r in proposal.replies if r.accepted == best.accepted)
+        if proposal.config.is_quorum(holders):
+            return proposal, done
+        could_finish = proposal.config.is_quorum(holders | (proposal.config.voters - proposal.ok))
+    return (proposal, Linger()) if could_finish else _write_back(proposal)
 
 
 def on_silence(proposal: Proposal) -> tuple[Proposal, Action | None]:
     """No more replies will come in time (the rest failed, or the driver's patience ran out).
 
-    A read that heard a quorum agree on a fast vote, but not yet every voter of that vote,
-    finishes with a write-back; anything else has nothing to go on (None).
+    A read that heard a quorum, but not enough to know its highest vote chosen, finishes
+    with a write-back; anything else has nothing to go on (None).
     """
     if proposal.phase is Phase.READ and proposal.config.is_quorum(proposal.ok):
         return _write_back(proposal)
