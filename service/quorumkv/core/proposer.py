@@ -223,16 +223,18 @@ def _read_step(proposal: Proposal, best: Promise) -> tuple[Proposal, Action]:
     So a write in flight that one replier has accepted and another not yet needs no
     write-back when the third reply shows it too; nor does a fresh fast create.
     """
-    done = Done(Outcome.READ if best.register.exists else Outcome.NOT_FOUND, best.register, None)
     if best.fast:  # `choose` adopted it: every replier among its voters holds it
-        if best.fast <= proposal.ok:
-            return proposal, done
+        chosen = best.fast <= proposal.ok
         could_finish = best.fast <= proposal.config.voters  # the rest of them were asked
+    elif all(r.accepted == best.accepted for _, r in proposal.replies):
+        chosen = could_finish = True  # the usual case: a quorum replied, all the same
     else:
         holders = frozenset(node for node, r in proposal.replies if r.accepted == best.accepted)
-        if proposal.config.is_quorum(holders):
-            return proposal, done
+        chosen = proposal.config.is_quorum(holders)
         could_finish = proposal.config.is_quorum(holders | (proposal.config.voters - proposal.ok))
+    if chosen:
+        outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
+        return proposal, Done(outcome, best.register, None)
     return (proposal, Linger()) if could_finish else _write_back(proposal)
 
 

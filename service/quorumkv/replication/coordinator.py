@@ -2,7 +2,8 @@
 
 Any replica coordinates any key. Per key, this coordinator runs one write proposal at a time
 (so two of its own proposals can never share a ballot), remembers the ballot its last accept
-got promised (the one-round-trip path), and reads with one round trip when a quorum agrees.
+got promised (the one-round-trip path), and reads with one round trip when the replies show
+their newest vote chosen.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ HOME_FRESHNESS = 0.75  # forward only to a home that answered this recently (sec
 TICK = 0.1
 STALL = 0.5
 FORWARD_GRACE = 1.0  # seconds a forwarder waits beyond its deadline for the home's answer
-# How long a read that heard a quorum agree on a fast vote waits for the vote's other voters
-# (asked at the same time; their replies usually trail by well under a millisecond) before
-# it writes the value back instead: a write-back costs two more round trips and a commit on
-# every replica, and changes the key's ballot, so the home's next write needs a prepare.
+# How long a read whose first quorum of replies does not show its newest vote chosen (a
+# write in flight, a fresh create's fast vote) waits for the replies still out (asked at the
+# same time; they usually trail by well under a millisecond) before it writes the value back
+# instead: a write-back costs two more round trips and a commit on every replica.
 READ_PATIENCE = 0.02
 
 
@@ -127,7 +128,8 @@ class Coordinator:
                                     "send requests to a member")
 
     async def read(self, key: str) -> Register:
-        """A linearizable read: one round trip if a quorum agrees, else a write-back."""
+        """A linearizable read: one round trip if the replies show the newest vote chosen,
+        else a write-back."""
         self._check_initialized()
         deadline = asyncio.get_running_loop().time() + self._timeout
         prop, send = proposer.begin_read(key, self._membership.config, self._node, self._boot,
@@ -243,6 +245,9 @@ class Coordinator:
         raise QuorumUnavailable(f"unexpected reply from the home replica: {reply!r}",
                                 indeterminate=True)
 
+    def _any_reachable(self, nodes: Iterable[str]) -> bool:
+        return any(link.reachable for node in nodes if (link := self._links.get(node)))
+
     def _epoch_changed(self, prop: Proposal) -> bool:
         return prop.config.epoch != self._membership.config.epoch
 
@@ -349,6 +354,9 @@ class Coordinator:
             if reply is not None:
                 state[0], action = proposer.on_reply(state[0], node, message, reply)
                 if isinstance(action, Linger):
+                    if not self._any_reachable(state[0].config.voters - state[0].ok):
+                        decided.set_result(None)  # the rest are known down: don't wait
+                        return
                     if not lingering[0]:
                         lingering[0] = True
                         patience = loop.call_later(READ_PATIENCE, _expire, decided)
