@@ -51,8 +51,9 @@ class Faults:
     fast_create_rate: float = 0.0  # share of creates that try the fast round first
     fast_on_quorum: bool = False  # BROKEN on purpose: a fast create is done once a quorum
     # (not every acceptor) took it
-    fast_read_on_quorum: bool = False  # BROKEN on purpose: a read returns a fast vote once a
-    # quorum holds it (not every voter of the vote)
+    read_unchosen: bool = False  # BROKEN on purpose: a read returns the newest vote a quorum
+    # of replies shows without knowing it chosen (a fast vote a quorum holds, not all its
+    # voters; a regular vote fewer than a quorum hold)
 
 
 @dataclasses.dataclass
@@ -338,7 +339,7 @@ class Simulation:
                 and self.config.is_quorum(prop.ok):
             assert prop.proposed is not None and isinstance(prop.message, FastAccept)
             action = proposer.Done(Outcome.CREATED, prop.proposed, None)
-        if self.faults.fast_read_on_quorum and isinstance(action, proposer.Linger):
+        if self.faults.read_unchosen and isinstance(action, proposer.Linger):
             best = proposer.choose(prop.replies)
             outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
             action = proposer.Done(outcome, best.register, None)
