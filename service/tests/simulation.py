@@ -33,7 +33,7 @@ from quorumkv.core.messages import Accept, FastAccept, Prepare, Purge, Read, Rep
 from quorumkv.core.quorum import Config
 from quorumkv.core.register import EMPTY
 
-READ_PATIENCE = 0.05  # per tick: a read waiting for a fast vote's last voters gives up
+READ_PATIENCE = 0.05  # per tick: a read waiting for its last replies gives up
 
 
 @dataclasses.dataclass
@@ -125,7 +125,8 @@ class Simulation:
         self.fast_creates = 0  # creates done in their fast round
         self.settled_creates = 0  # fast creates a voter refused, done by a settling round
         self.fast_vote_reads = 0  # reads that heard every voter of a fast vote hold it
-        self.reads_gave_up = 0  # reads that stopped waiting for a fast vote's last voters
+        self.reads_gave_up = 0  # reads that stopped waiting for their last replies
+        self.reads_past_writes = 0  # reads done with an older value while a newer was in flight
 
     # -- network ---------------------------------------------------------------------------
     def send(self, event: tuple[Any, ...]) -> None:
@@ -354,6 +355,8 @@ class Simulation:
             self.fast_creates += client.proposal.phase is proposer.Phase.FAST
             self.settled_creates += client.proposal.settling is not None
             self.fast_vote_reads += proposer.chosen_fast_vote(client.proposal) is not None
+            self.reads_past_writes += client.proposal.phase is proposer.Phase.READ \
+                and proposer.choose(client.proposal.replies).register != action.register
             if action.next_ballot is not None:
                 client.cache[key] = (action.next_ballot, action.register)
             client.last_etag[key] = action.register.etag
@@ -377,7 +380,7 @@ class Simulation:
         elif client.proposal.phase is proposer.Phase.READ \
                 and self.config.is_quorum(client.proposal.ok) \
                 and self.rng.random() < READ_PATIENCE:
-            # a read waiting for a fast vote's last voters gives up on them at some point
+            # a read waiting for its last replies gives up on them at some point
             client.proposal, action = proposer.on_silence(client.proposal)
             assert action is not None
             self.reads_gave_up += 1
@@ -447,4 +450,5 @@ class Simulation:
         counts["settled_creates"] = self.settled_creates
         counts["fast_vote_reads"] = self.fast_vote_reads
         counts["reads_gave_up"] = self.reads_gave_up
+        counts["reads_past_writes"] = self.reads_past_writes
         return dict(counts)

@@ -181,8 +181,9 @@ def test_accept_refused_by_every_voter_may_retry() -> None:
     assert action == proposer.Retry(B2)
 
 
-def test_a_read_is_done_in_one_round_trip_when_its_highest_vote_is_held_by_a_quorum() -> None:
+def test_a_read_is_done_in_one_round_trip_when_a_quorum_of_its_replies_agree() -> None:
     reg = Register(b"v", B1)
+    newer = Register(b"w", B2)
     prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
     assert isinstance(send.message, Read)
     prop, _ = proposer.on_reply(prop, "a", send.message, Promise(B1, reg))
@@ -190,23 +191,31 @@ def test_a_read_is_done_in_one_round_trip_when_its_highest_vote_is_held_by_a_quo
     assert isinstance(action, proposer.Done) and action.register == reg
     # a write in flight: a took it, b not yet; c (asked too) decides
     prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
-    prop, _ = proposer.on_reply(prop, "a", send.message, Promise(B1, reg))
-    prop, action = proposer.on_reply(prop, "b", send.message, Promise(ZERO, EMPTY))
+    prop, _ = proposer.on_reply(prop, "a", send.message, Promise(B2, newer))
+    prop, action = proposer.on_reply(prop, "b", send.message, Promise(B1, reg))
     assert action == proposer.Linger()
+    _, action = proposer.on_reply(prop, "c", send.message, Promise(B2, newer))
+    assert isinstance(action, proposer.Done) and action.register == newer  # a and c: chosen
+    # b and c agree on the older vote: it is the newest chosen, the write is ordered after
     _, action = proposer.on_reply(prop, "c", send.message, Promise(B1, reg))
-    assert isinstance(action, proposer.Done) and action.register == reg  # a and c: chosen
+    assert isinstance(action, proposer.Done) and action.register == reg
+    # three replies, three votes: none is known chosen, write the newest back
     _, action = proposer.on_reply(prop, "c", send.message, Promise(ZERO, EMPTY))
     assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
-    assert action.message.ballot > B1  # held by a alone: maybe not chosen, write it back
+    assert action.message.ballot > B2
     _, action = proposer.on_silence(prop)  # c did not answer in time
     assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
-    # the highest vote held by one replier while the other two agree on an older one
-    newer = Register(b"w", B2)
-    prop, send = proposer.begin_read("k", CONFIG, "a", 1, ZERO)
+    # five voters: a quorum (three) can still agree while one reply is out
+    five = Config(1, frozenset("abcde"))
+    prop, send = proposer.begin_read("k", five, "a", 1, ZERO)
     for node, reply in (("a", Promise(B2, newer)), ("b", Promise(B1, reg)),
-                        ("c", Promise(B1, reg))):
+                        ("c", Promise(B1, reg)), ("d", Promise(ZERO, EMPTY))):
         prop, action = proposer.on_reply(prop, node, send.message, reply)
-    assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
+    assert action == proposer.Linger()
+    _, action = proposer.on_reply(prop, "e", send.message, Promise(B1, reg))
+    assert isinstance(action, proposer.Done) and action.register == reg
+    _, action = proposer.on_reply(prop, "e", send.message, Promise(B2, newer))
+    assert isinstance(action, proposer.Send)
 
 
 def test_promise_floor_covers_promises_lost_in_a_restart() -> None:

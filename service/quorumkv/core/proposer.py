@@ -213,28 +213,38 @@ def _on_promise(proposal: Proposal, sender: str, reply: Promise) -> tuple[Propos
 
 
 def _read_step(proposal: Proposal, best: Promise) -> tuple[Proposal, Action]:
-    """A read that heard a quorum: done in one round trip if the highest vote it heard is
-    chosen, else linger while the replies still out could show it chosen (every voter was
-    asked), else write the value back.
+    """A read that heard a quorum: done in one round trip if a vote it heard is chosen and
+    no newer one can have been chosen before it began; else linger while the replies still
+    out could show one (every voter was asked); else write the newest value back.
 
-    A regular vote is chosen once a quorum accepted it: every later ballot carries it, and
-    every earlier completed write is in it, since a quorum held that write's ballot or a higher
-    one before the read began. A fast vote is chosen once every voter it names holds it.
-    So a write in flight that one replier has accepted and another not yet needs no
-    write-back when the third reply shows it too; nor does a fresh fast create.
+    - A fast vote is chosen once every voter it names holds it.
+    - A regular vote (or none) that a quorum of the repliers hold is chosen, and it is the
+      newest chosen one: a write completed before the read began was held, at its ballot or
+      a higher one, by a quorum, which meets this one. A newer vote some replier holds is a
+      write in flight, ordered after the read. So a read that meets a write in flight needs
+      no write-back once a quorum of its replies agree, whichever way they agree; nor does a
+      read of a fresh create once all its voters are heard.
     """
+    config, replies = proposal.config, proposal.replies
+    answer: Promise | None = None
     if best.fast:  # `choose` adopted it: every replier among its voters holds it
-        chosen = best.fast <= proposal.ok
-        could_finish = best.fast <= proposal.config.voters  # the rest of them were asked
-    elif all(r.accepted == best.accepted for _, r in proposal.replies):
-        chosen = could_finish = True  # the usual case: a quorum replied, all the same
+        if best.fast <= proposal.ok:
+            answer = best
+        could_finish = best.fast <= config.voters  # the rest of them were asked
+    elif all(r.accepted == best.accepted for _, r in replies):
+        answer, could_finish = best, True  # the usual case: a quorum replied, all the same
     else:
-        holders = frozenset(node for node, r in proposal.replies if r.accepted == best.accepted)
-        chosen = proposal.config.is_quorum(holders)
-        could_finish = proposal.config.is_quorum(holders | (proposal.config.voters - proposal.ok))
-    if chosen:
-        outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
-        return proposal, Done(outcome, best.register, None)
+        holders: dict[Ballot, set[str]] = {}
+        for node, r in replies:
+            if not r.fast:
+                holders.setdefault(r.accepted, set()).add(node)
+        answer = next((r for node, r in replies if not r.fast
+                       and config.is_quorum(holders[r.accepted])), None)
+        pending = config.voters - proposal.ok
+        could_finish = any(config.is_quorum(nodes | pending) for nodes in holders.values())
+    if answer is not None:
+        outcome = Outcome.READ if answer.register.exists else Outcome.NOT_FOUND
+        return proposal, Done(outcome, answer.register, None)
     return (proposal, Linger()) if could_finish else _write_back(proposal)
 
 
