@@ -73,8 +73,8 @@ class Continue(NamedTuple):
 
 class Linger(NamedTuple):
     """A quorum answered, and only the replies still out can finish the operation this way
-    (a read that has not yet heard its highest vote from enough voters to know it chosen):
-    wait a little for them, then call `on_silence`."""
+    (a read whose replies do not agree yet): wait a little for them, then call
+    `on_silence`."""
 
 
 class Send(NamedTuple):
@@ -251,8 +251,8 @@ def _read_step(proposal: Proposal, best: Promise) -> tuple[Proposal, Action]:
 def on_silence(proposal: Proposal) -> tuple[Proposal, Action | None]:
     """No more replies will come in time (the rest failed, or the driver's patience ran out).
 
-    A read that heard a quorum, but not enough to know its highest vote chosen, finishes
-    with a write-back; anything else has nothing to go on (None).
+    A read that heard a quorum, but no quorum of agreeing replies, finishes with a
+    write-back; anything else has nothing to go on (None).
     """
     if proposal.phase is Phase.READ and proposal.config.is_quorum(proposal.ok):
         return _write_back(proposal)

@@ -2,8 +2,8 @@
 
 Any replica coordinates any key. Per key, this coordinator runs one write proposal at a time
 (so two of its own proposals can never share a ballot), remembers the ballot its last accept
-got promised (the one-round-trip path), and reads with one round trip when the replies show
-their newest vote chosen.
+got promised (the one-round-trip path), and reads with one round trip when a quorum of the
+replies agree.
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ HOME_FRESHNESS = 0.75  # forward only to a home that answered this recently (sec
 TICK = 0.1
 STALL = 0.5
 FORWARD_GRACE = 1.0  # seconds a forwarder waits beyond its deadline for the home's answer
-# How long a read whose first quorum of replies does not show its newest vote chosen (a
-# write in flight, a fresh create's fast vote) waits for the replies still out (asked at the
-# same time; they usually trail by well under a millisecond) before it writes the value back
-# instead: a write-back costs two more round trips and a commit on every replica.
+# How long a read whose first quorum of replies do not agree (a write in flight, a fresh
+# create's fast vote) waits for the replies still out (asked at the same time; they usually
+# trail by well under a millisecond) before it writes the value back instead: a write-back
+# costs two more round trips and a commit on every replica.
 READ_PATIENCE = 0.02
 
 
@@ -128,8 +128,8 @@ class Coordinator:
                                     "send requests to a member")
 
     async def read(self, key: str) -> Register:
-        """A linearizable read: one round trip if the replies show the newest vote chosen,
-        else a write-back."""
+        """A linearizable read: one round trip if a quorum of the replies agree, else a
+        write-back."""
         self._check_initialized()
         deadline = asyncio.get_running_loop().time() + self._timeout
         prop, send = proposer.begin_read(key, self._membership.config, self._node, self._boot,
