@@ -2,8 +2,8 @@
 
 `begin_*` functions return the first state and the message to broadcast; `on_reply` feeds one
 reply and returns the next state and what to do; `on_silence` says no more replies will come
-in time. The async coordinator and the simulated
-network of the tests both drive this same code, so what the simulation checks is what runs.
+in time. The async coordinator and the simulated network of the tests both drive this same
+code, so what the simulation checks is what runs.
 
 Safety rules encoded here:
 - a phase counts replies only from voters of the configuration, each at most once;
@@ -14,7 +14,9 @@ Safety rules encoded here:
   can ever adopt the vote then, see `choose`);
 - when a quorum took the fast vote but a voter refused it (e.g. a purge had just raised that
   voter's promise floor), a classic round at a higher ballot *settles* the create (`_settle`),
-  and the create is never retried after that (see `Proposal.voted`).
+  and the create is never retried after that (see `Proposal.voted`);
+- a read returns a value without writing it back only when a quorum of its replies hold the
+  same regular vote (or none), or every voter of a fast vote holds it (`_read_step`).
 """
 
 from __future__ import annotations
