@@ -57,6 +57,8 @@ WORKLOADS: dict[str, tuple[str, str, int | None, int | None]] = {
     # experiments: each wrk thread uses only the keys "homed" on the member it talks to
     "put_home": ("etcd_put.lua", "qkv_put.lua", None, None),
     "get_home": ("etcd_range.lua", "qkv_get.lua", None, None),
+    # half reads, half writes on 10 hot keys: reads that meet writes in flight
+    "mixed_hot": ("etcd_mixed.lua", "qkv_mixed.lua", None, None),
 }
 PARTITIONED = {"put_home", "get_home"}
 DEFAULT_WORKLOADS = "put,get,create,put_1conn"
@@ -70,6 +72,7 @@ LABELS = {
     "get_1conn": ("GET, 1 connection", "range, wrk -c1 -t1", "GET, wrk -c1 -t1"),
     "put_home": ("PUT, keys routed to a home member", "put", "PUT"),
     "get_home": ("GET, keys routed to a home member", "range", "GET"),
+    "mixed_hot": ("half reads, half writes on 10 hot keys", "range + put", "GET + PUT"),
 }
 
 # target: (metric, comparison, factor, description)
