@@ -245,8 +245,11 @@ class Coordinator:
         raise QuorumUnavailable(f"unexpected reply from the home replica: {reply!r}",
                                 indeterminate=True)
 
-    def _any_reachable(self, nodes: Iterable[str]) -> bool:
-        return any(link.reachable for node in nodes if (link := self._links.get(node)))
+    def _may_answer(self, nodes: Iterable[str]) -> bool:
+        """Whether any of `nodes` may still answer: this replica (its reply waits for a
+        commit), or a peer not known to be down."""
+        return any(node == self._node or ((link := self._links.get(node)) is not None
+                                          and link.reachable) for node in nodes)
 
     def _epoch_changed(self, prop: Proposal) -> bool:
         return prop.config.epoch != self._membership.config.epoch
@@ -354,7 +357,7 @@ class Coordinator:
             if reply is not None:
                 state[0], action = proposer.on_reply(state[0], node, message, reply)
                 if isinstance(action, Linger):
-                    if not self._any_reachable(state[0].config.voters - state[0].ok):
+                    if not self._may_answer(state[0].config.voters - state[0].ok):
                         decided.set_result(None)  # the rest are known down: don't wait
                         return
                     if not lingering[0]:
