@@ -341,9 +341,7 @@ class Simulation:
             assert prop.proposed is not None and isinstance(prop.message, FastAccept)
             action = proposer.Done(Outcome.CREATED, prop.proposed, None)
         if self.faults.read_unchosen and isinstance(action, proposer.Linger):
-            best = proposer.choose(prop.replies)
-            outcome = Outcome.READ if best.register.exists else Outcome.NOT_FOUND
-            action = proposer.Done(outcome, best.register, None)
+            action = proposer.read_done(proposer.choose(prop.replies))
         self.act(client, action)
 
     def act(self, client: ClientState, action: proposer.Action) -> None:

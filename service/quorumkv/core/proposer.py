@@ -245,9 +245,14 @@ def _read_step(proposal: Proposal, best: Promise) -> tuple[Proposal, Action]:
         pending = config.voters - proposal.ok
         could_finish = any(config.is_quorum(nodes | pending) for nodes in holders.values())
     if answer is not None:
-        outcome = Outcome.READ if answer.register.exists else Outcome.NOT_FOUND
-        return proposal, Done(outcome, answer.register, None)
+        return proposal, read_done(answer)
     return (proposal, Linger()) if could_finish else _write_back(proposal)
+
+
+def read_done(vote: Promise) -> Done:
+    """A read finished on `vote`: its value, or "not found" for none or a tombstone."""
+    outcome = Outcome.READ if vote.register.exists else Outcome.NOT_FOUND
+    return Done(outcome, vote.register, None)
 
 
 def on_silence(proposal: Proposal) -> tuple[Proposal, Action | None]:
