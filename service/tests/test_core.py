@@ -6,7 +6,16 @@ import pytest
 from quorumkv.core import acceptor, proposer
 from quorumkv.core.acceptor import INITIAL, Accepted, Conflict, Promise
 from quorumkv.core.ballot import ZERO, Ballot
-from quorumkv.core.changes import Delete, Identity, Outcome, Put, apply_change
+from quorumkv.core.changes import (
+    Batch,
+    Delete,
+    Folded,
+    Identity,
+    Outcome,
+    Put,
+    apply_change,
+    inner_version,
+)
 from quorumkv.core.keys import InvalidKey, decode_key
 from quorumkv.core.messages import Accept, FastAccept, Prepare, Read
 from quorumkv.core.quorum import Config
@@ -57,6 +66,52 @@ def test_delete_leaves_versioned_tombstone_and_404s_when_absent() -> None:
 def test_identity_keeps_version() -> None:
     reg = Register(b"v", B1)
     assert apply_change(Identity(), reg, B2) == (reg, Outcome.READ)
+
+
+def test_a_batch_applies_its_changes_in_turn_and_stores_only_the_last_state() -> None:
+    current = Register(b"v0", B1)
+    batch = Batch((Put(b"v1"), Put(b"v2", if_match=current.etag), Identity(),
+                   Put(b"v3", create_only=True), Delete(), Put(b"v4")))
+    final, folded = apply_change(batch, current, B2)
+    assert final == Register(b"v4", B2)  # what the acceptors store: the proposal's ballot
+    assert isinstance(folded, Folded)
+    (r1, o1), (r2, o2), (r3, o3), (r4, o4), (r5, o5), (r6, o6) = folded.results
+    assert (o1, r1) == (Outcome.REPLACED, Register(b"v1", inner_version(B2, 0)))
+    # v1 changed the version: an If-Match on the one before no longer holds
+    assert (o2, r2) == (Outcome.PRECONDITION_FAILED, r1)
+    assert (o3, r3) == (Outcome.READ, r1)
+    assert (o4, r4) == (Outcome.PRECONDITION_FAILED, r1)
+    assert (o5, r5) == (Outcome.DELETED, Register(None, inner_version(B2, 4)))
+    assert (o6, r6) == (Outcome.CREATED, final)
+
+
+def test_a_batch_tells_each_write_a_version_of_its_own() -> None:
+    final, folded = apply_change(Batch((Put(b"a"), Put(b"b"), Put(b"c"))), EMPTY, B2)
+    assert isinstance(folded, Folded)
+    etags = [register.etag for register, _ in folded.results]
+    assert len(set(etags)) == 3 and etags[-1] == final.etag == Register(b"c", B2).etag
+    # an If-Match with the ETag of an overwritten write fails against the stored state
+    for register, _ in folded.results[:-1]:
+        assert not etag_matches(register.etag or "", final)
+        assert register.version is not None and register.version.boot < 0  # never a ballot
+
+
+def test_a_batch_that_changes_nothing_keeps_the_version() -> None:
+    current = Register(b"v", B1)
+    batch = Batch((Identity(), Put(b"x", if_match='"stale"'), Put(b"y", create_only=True)))
+    final, folded = apply_change(batch, current, B2)
+    assert final == current
+    assert isinstance(folded, Folded)
+    assert [outcome for _, outcome in folded.results] == [
+        Outcome.READ, Outcome.PRECONDITION_FAILED, Outcome.PRECONDITION_FAILED]
+    assert all(register == current for register, _ in folded.results)
+
+
+def test_a_batch_whose_last_write_is_refused_stores_the_write_before_it() -> None:
+    final, folded = apply_change(Batch((Put(b"a"), Put(b"b", create_only=True))), EMPTY, B2)
+    assert final == Register(b"a", B2)
+    assert isinstance(folded, Folded)
+    assert folded.results == ((final, Outcome.CREATED), (final, Outcome.PRECONDITION_FAILED))
 
 
 def test_etag_matching() -> None:

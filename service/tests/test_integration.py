@@ -540,3 +540,49 @@ async def test_contended_writes_on_a_healthy_cluster_all_succeed(cluster: Replic
         for client in clients:
             await client.close()
     assert outcomes == ["ok"] * 100
+
+
+async def test_concurrent_writes_of_one_key_share_rounds_and_keep_their_own_versions(
+    cluster: Replicas,
+) -> None:
+    """Writes that queue at a key's home behind a round in flight go together in its next
+    round: each is told a version of its own, the last one's is the key's, an If-Match on any
+    other fails, and of racing compare-and-sets and creates exactly one wins."""
+    urls = list(cluster.urls.values())
+    clients = [Client(url, timeout=10) for url in urls]
+    batched = 'quorumkv_paxos_paths_total{path="batched"}'
+    try:
+        before = sum([await metric(url, batched) for url in urls])
+        values = [f"v{i}".encode() for i in range(48)]
+        puts = await asyncio.gather(*(clients[i % 3].put("hot/batched", value)
+                                      for i, value in enumerate(values)))
+        assert sum([await metric(url, batched) for url in urls]) > before
+        etag_of = {value: put.etag for value, put in zip(values, puts, strict=True)}
+        assert len(set(etag_of.values())) == len(values)
+        final = await clients[1].get("hot/batched")
+        assert final is not None and etag_of[final.value] == final.etag
+        overwritten = next(etag for value, etag in etag_of.items() if value != final.value)
+        with pytest.raises(PreconditionFailed):
+            await clients[2].put("hot/batched", b"stale", if_match=overwritten)
+
+        async def cas(i: int) -> bool:
+            try:
+                await clients[i % 3].put("hot/batched", f"cas{i}".encode(),
+                                         if_match=final.etag)
+            except PreconditionFailed:
+                return False
+            return True
+
+        assert sum(await asyncio.gather(*(cas(i) for i in range(24)))) == 1
+
+        async def create(i: int) -> bool:
+            try:
+                await clients[i % 3].put("hot/created", f"c{i}".encode(), create_only=True)
+            except PreconditionFailed:
+                return False
+            return True
+
+        assert sum(await asyncio.gather(*(create(i) for i in range(24)))) == 1
+    finally:
+        for client in clients:
+            await client.close()

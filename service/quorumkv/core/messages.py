@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from quorumkv.core.acceptor import Accepted, Conflict, Promise
 from quorumkv.core.ballot import Ballot
-from quorumkv.core.changes import Change, Outcome
+from quorumkv.core.changes import Outcome, Single
 from quorumkv.core.register import Register
 
 
@@ -93,7 +93,7 @@ class Forward(NamedTuple):
     """Ask the key's home replica to run a change: one proposer per key, no duels."""
 
     key: str
-    change: Change
+    change: Single  # a batch is formed at the home, never forwarded
 
 
 class Forwarded(NamedTuple):

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from quorumkv.core.acceptor import Accepted, Conflict, Promise
 from quorumkv.core.ballot import ZERO, Ballot
-from quorumkv.core.changes import Change, Identity, Outcome, Put, apply_change
+from quorumkv.core.changes import Change, Folded, Identity, Outcome, Put, apply_change
 from quorumkv.core.messages import Accept, FastAccept, Prepare, Read, Reply, Request
 from quorumkv.core.quorum import Config
 from quorumkv.core.register import EMPTY, Register
@@ -59,7 +59,7 @@ class Proposal(NamedTuple):
     rejected: frozenset[str] = frozenset()
     replies: tuple[tuple[str, Promise], ...] = ()  # (sender, promise or read reply) so far
     proposed: Register | None = None
-    outcome: Outcome | None = None
+    outcome: Outcome | Folded | None = None
     message: Request | None = None  # what the current phase broadcast; older replies are stale
     settling: Register | None = None  # the fast vote a classic round settles (`_settle`)
 
@@ -86,7 +86,7 @@ class Send(NamedTuple):
 
 
 class Done(NamedTuple):
-    outcome: Outcome
+    outcome: Outcome | Folded  # Folded: each change of a batch
     register: Register
     next_ballot: Ballot | None  # promised by the acceptors of the accept, if any
 
@@ -287,7 +287,8 @@ def _to_accept(proposal: Proposal, current: Register) -> tuple[Proposal, Send]:
     return _accept(proposal, register, outcome)
 
 
-def _accept(proposal: Proposal, register: Register, outcome: Outcome) -> tuple[Proposal, Send]:
+def _accept(proposal: Proposal, register: Register,
+            outcome: Outcome | Folded) -> tuple[Proposal, Send]:
     next_promise = proposal.ballot.next(proposal.node, proposal.boot)
     message = Accept(proposal.key, proposal.ballot, register, next_promise)
     proposal = proposal._replace(phase=Phase.ACCEPT, ok=frozenset(), rejected=frozenset(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
-from quorumkv.core.changes import Change, Delete, Outcome, Put
+from quorumkv.core.changes import Delete, Outcome, Put, Single
 from quorumkv.core.keys import InvalidKey, decode_key
 from quorumkv.core.register import Register
 from quorumkv.errors import (
@@ -98,7 +98,7 @@ async def delete(node: Node, key: str, if_match: str | None) -> Answer:
 
 
 async def _change(
-    node: Node, op: str, key: str, change: Change, started: float
+    node: Node, op: str, key: str, change: Single, started: float
 ) -> tuple[Outcome, Register]:
     assert node.coordinator is not None
     try:

@@ -1,7 +1,8 @@
 """Runs client operations as CASPaxos proposals over the local acceptor and peer links.
 
 Any replica coordinates any key. Per key, this coordinator runs one write proposal at a time
-(so two of its own proposals can never share a ballot), remembers the ballot its last accept
+(so two of its own proposals can never share a ballot; the changes that arrive meanwhile go
+together in the next one: `KeyQueue`), remembers the ballot its last accept
 got promised (the one-round-trip path), and reads with one round trip when a quorum of the
 replies agree.
 """
@@ -20,7 +21,7 @@ from typing import NamedTuple
 from quorumkv.core import proposer
 from quorumkv.core.acceptor import Promise
 from quorumkv.core.ballot import ZERO, Ballot
-from quorumkv.core.changes import Change, Identity, Outcome, Put
+from quorumkv.core.changes import Change, Folded, Identity, Outcome, Put, Single
 from quorumkv.core.messages import (
     Forward,
     Forwarded,
@@ -42,7 +43,7 @@ from quorumkv.core.proposer import (
 )
 from quorumkv.core.register import Register
 from quorumkv.errors import QuorumUnavailable
-from quorumkv.replication.keyed_mutex import KeyedMutex
+from quorumkv.replication.key_queue import KeyQueue
 from quorumkv.replication.local_acceptor import LocalAcceptor
 from quorumkv.replication.membership import Membership
 from quorumkv.replication.transport import PeerLink, PeerUnavailable
@@ -113,7 +114,7 @@ class Coordinator:
         self._forward_links = forward_links if forward_links is not None else {}
         self._timeout = timeout
         self._observe = observe or (lambda path: None)
-        self._mutex = KeyedMutex()
+        self._queue = KeyQueue(self._propose, on_batch=self._batched)
         # key -> (ballot promised with our last accept, the register it chose, its epoch)
         self._promised: OrderedDict[str, tuple[Ballot, Register, int]] = OrderedDict()
         self._ticked = 0.0  # loop time of the last tick of `watch_stalls`
@@ -150,7 +151,7 @@ class Coordinator:
         return register
 
     async def change(
-        self, key: str, change: Change, deadline: float | None = None, *,
+        self, key: str, change: Single, deadline: float | None = None, *,
         local_only: bool = False,
     ) -> tuple[Outcome, Register]:
         """Apply `change` to `key` through Paxos; raises `QuorumUnavailable`.
@@ -174,43 +175,49 @@ class Coordinator:
                     return await self._forward(link, key, change, deadline)
                 except NotDelivered:
                     pass  # the home never got it: propose it here
-        await self._mutex.acquire(key)
-        try:
-            prop, send = self._begin(key, change)
-            attempts = 0
-            while True:
-                prop, action = await self._broadcast(prop, send.message, deadline)
-                if isinstance(action, Send):
-                    send = action
-                    continue
-                if isinstance(action, Done):
-                    if prop.phase is proposer.Phase.FAST:
-                        self._local.chosen(key, prop.ballot)
-                    self._remember(key, action, prop.config.epoch)
-                    return action.outcome, action.register
-                self._promised.pop(key, None)
-                restart = isinstance(action, Retry | NotSent) or (
-                    action is None and not prop.voted and self._epoch_changed(prop))
-                if restart:
-                    attempts += 1
-                    self._observe("conflict")
-                    if attempts >= MAX_ATTEMPTS or loop.time() >= deadline:
-                        raise QuorumUnavailable(f"contention on {key!r}: gave up after "
-                                                f"{attempts} ballots")
-                    await asyncio.sleep(random.uniform(0, 0.002 * 2 ** attempts))
-                    highest = action.highest_seen if isinstance(action, Retry) else \
-                        prop.highest_seen
-                    seen = max(highest, self._local.seen(key))
-                    prop, send = proposer.begin_prepare(key, change, self._membership.config,
-                                                        self._node, self._boot, seen)
-                    continue
-                indeterminate = isinstance(action, Indeterminate) or prop.voted
-                raise QuorumUnavailable(
-                    f"no quorum confirmed the change of {key!r} in time"
-                    + ("; it may still take effect" if indeterminate else ""),
-                    indeterminate=indeterminate)
-        finally:
-            self._mutex.release(key)
+        return await self._queue.run(key, change, deadline)
+
+    async def _propose(self, key: str, change: Change,
+                       deadline: float) -> tuple[Outcome | Folded, Register]:
+        """Run one proposal of `change` (the key's only one in flight: `KeyQueue`)."""
+        loop = asyncio.get_running_loop()
+        prop, send = self._begin(key, change)
+        attempts = 0
+        while True:
+            prop, action = await self._broadcast(prop, send.message, deadline)
+            if isinstance(action, Send):
+                send = action
+                continue
+            if isinstance(action, Done):
+                if prop.phase is proposer.Phase.FAST:
+                    self._local.chosen(key, prop.ballot)
+                self._remember(key, action, prop.config.epoch)
+                return action.outcome, action.register
+            self._promised.pop(key, None)
+            restart = isinstance(action, Retry | NotSent) or (
+                action is None and not prop.voted and self._epoch_changed(prop))
+            if restart:
+                attempts += 1
+                self._observe("conflict")
+                if attempts >= MAX_ATTEMPTS or loop.time() >= deadline:
+                    raise QuorumUnavailable(f"contention on {key!r}: gave up after "
+                                            f"{attempts} ballots")
+                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** attempts))
+                highest = action.highest_seen if isinstance(action, Retry) else \
+                    prop.highest_seen
+                seen = max(highest, self._local.seen(key))
+                prop, send = proposer.begin_prepare(key, change, self._membership.config,
+                                                    self._node, self._boot, seen)
+                continue
+            indeterminate = isinstance(action, Indeterminate) or prop.voted
+            raise QuorumUnavailable(
+                f"no quorum confirmed the change of {key!r} in time"
+                + ("; it may still take effect" if indeterminate else ""),
+                indeterminate=indeterminate)
+
+    def _batched(self, size: int) -> None:
+        for _ in range(size):
+            self._observe("batched")
 
     def home(self, key: str) -> str:
         return home_of(key, self._membership.config.voters)
@@ -226,7 +233,7 @@ class Coordinator:
                 return node
         return self._node
 
-    async def _forward(self, link: PeerLink, key: str, change: Change,
+    async def _forward(self, link: PeerLink, key: str, change: Single,
                        deadline: float) -> tuple[Outcome, Register]:
         self._observe("forward")
         remaining = deadline - asyncio.get_running_loop().time()

@@ -19,7 +19,7 @@ import msgpack
 
 from quorumkv.core.acceptor import Accepted, Conflict, Promise
 from quorumkv.core.ballot import Ballot
-from quorumkv.core.changes import Change, Delete, Identity, Outcome, Put
+from quorumkv.core.changes import Delete, Identity, Outcome, Put, Single
 from quorumkv.core.messages import (
     Accept,
     BucketQuery,
@@ -97,7 +97,7 @@ def encode_request(msg: PeerRequest) -> list[Any]:
     return ["b", msg.bucket]
 
 
-def encode_change(change: Change) -> list[Any]:
+def encode_change(change: Single) -> list[Any]:
     if isinstance(change, Put):
         return ["put", change.value, change.if_match, change.create_only]
     if isinstance(change, Delete):
@@ -105,7 +105,7 @@ def encode_change(change: Change) -> list[Any]:
     return ["id"]
 
 
-def decode_change(raw: Any) -> Change:
+def decode_change(raw: Any) -> Single:
     if isinstance(raw, list) and raw:
         kind, args = raw[0], raw[1:]
         if kind == "put" and len(args) == 3 and isinstance(args[0], bytes) \
