@@ -59,7 +59,10 @@ WORKLOADS: dict[str, tuple[str, str, int | None, int | None]] = {
     "get_home": ("etcd_range.lua", "qkv_get.lua", None, None),
     # half reads, half writes on 10 hot keys: reads that meet writes in flight
     "mixed_hot": ("etcd_mixed.lua", "qkv_mixed.lua", None, None),
+    # only writes on 10 hot keys: a leader's log against rounds shared by a key's writes
+    "put_hot": ("etcd_mixed.lua", "qkv_mixed.lua", None, None),
 }
+READ_SHARE = {"put_hot": 0.0}  # of the mixed scripts (default 0.5)
 PARTITIONED = {"put_home", "get_home"}
 DEFAULT_WORKLOADS = "put,get,create,put_1conn"
 
@@ -73,6 +76,7 @@ LABELS = {
     "put_home": ("PUT, keys routed to a home member", "put", "PUT"),
     "get_home": ("GET, keys routed to a home member", "range", "GET"),
     "mixed_hot": ("half reads, half writes on 10 hot keys", "range + put", "GET + PUT"),
+    "put_hot": ("PUT on 10 hot keys", "put", "PUT"),
 }
 
 # target: (metric, comparison, factor, description)
@@ -517,13 +521,13 @@ def prefill(cluster: Cluster, keyspace: int, value_size: int, workers: int = 16)
 # -------------------------------------------------------------------------------------- wrk
 def run_wrk(script: str, targets: list[str], conns: int, threads: int, duration: float,
             opts: argparse.Namespace, run_id: str, partition: bool = False,
-            homes: Path | None = None) -> dict[str, Any]:
+            homes: Path | None = None, read_share: float = 0.5) -> dict[str, Any]:
     """`partition`: each wrk thread uses only some keys, those whose home (`homes`, a
     `QuorumKV.home_table`) is the member it talks to, or without `homes` every n-th key."""
     env = dict(os.environ, BENCH_TARGETS=",".join(targets), BENCH_KEYSPACE=str(opts.keyspace),
                BENCH_PARTITION="1" if partition else "0", BENCH_HOMES=str(homes or ""),
                BENCH_VALUE=str(opts.value_size), BENCH_RUN=run_id,
-               BENCH_SEED=str(secrets.randbelow(1 << 30)))
+               BENCH_SEED=str(secrets.randbelow(1 << 30)), BENCH_READ_SHARE=str(read_share))
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration:g}s",
            "--timeout", f"{opts.timeout:g}s", "-s", str(LUA / script), f"http://{targets[0]}/"]
     with tempfile.TemporaryFile() as out:
@@ -569,7 +573,7 @@ def measure(cluster: Cluster, others: set[int], workload: str, rnd: int,
     homes = cluster.home_table(opts.keyspace) \
         if partition and isinstance(cluster, QuorumKV) and mode != "leader" else None
     res = run_wrk(script, targets, conns, threads, duration, opts, run_id,
-                  partition=partition, homes=homes)
+                  partition=partition, homes=homes, read_share=READ_SHARE.get(workload, 0.5))
     wall = time.time() - t0
     busy1 = cpu_busy_seconds()
     table1 = proc_table()

@@ -6,6 +6,7 @@
 --   BENCH_KEYSPACE  number of keys (key-00000000 .. key-<N-1>), default 10000
 --   BENCH_VALUE     value size in bytes, default 64
 --   BENCH_HOT_KEYS  keys of the mixed workload (the first N of the keyspace), default 10
+--   BENCH_READ_SHARE  share of reads in the mixed workload, default 0.5
 --   BENCH_RUN       a unique run id (prefix of the fresh keys of create-only runs)
 --   BENCH_SEED      random seed (default: time)
 --
@@ -17,6 +18,7 @@ local targets_env = os.getenv("BENCH_TARGETS") or ""
 KEYSPACE = tonumber(os.getenv("BENCH_KEYSPACE") or "10000")
 VALUE_SIZE = tonumber(os.getenv("BENCH_VALUE") or "64")
 HOT_KEYS = tonumber(os.getenv("BENCH_HOT_KEYS") or "10")
+READ_SHARE = tonumber(os.getenv("BENCH_READ_SHARE") or "0.5")
 RUN_ID = os.getenv("BENCH_RUN") or tostring(os.time())
 SEED = tonumber(os.getenv("BENCH_SEED") or tostring(os.time()))
 

@@ -1,5 +1,5 @@
--- etcd 3.4 JSON gateway: half linearizable ranges, half puts, on the first BENCH_HOT_KEYS
--- keys (default 10). ok = 200.
+-- etcd 3.4 JSON gateway: linearizable ranges (a share of BENCH_READ_SHARE, default half) and
+-- puts on the first BENCH_HOT_KEYS keys (default 10). ok = 200.
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(dir .. "common.lua")
 
@@ -12,7 +12,7 @@ function workload_init()
 end
 function request()
   local key = keys[math.random(0, HOT_KEYS - 1)]
-  if math.random() < 0.5 then
+  if math.random() < READ_SHARE then
     return wrk.format("POST", "/v3/kv/range", nil, '{"key":"' .. key .. '"}')
   end
   return wrk.format("POST", "/v3/kv/put", nil, '{"key":"' .. key .. '","value":"' .. value64 .. '"}')

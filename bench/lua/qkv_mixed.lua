@@ -1,5 +1,6 @@
--- QuorumKV: half linearizable GETs, half PUTs, on the first BENCH_HOT_KEYS keys (default 10):
--- reads that meet writes in flight. ok = 200 (or 404 for a GET, counted as a miss), 201.
+-- QuorumKV: linearizable GETs (a share of BENCH_READ_SHARE, default half) and PUTs on the
+-- first BENCH_HOT_KEYS keys (default 10): reads that meet writes in flight, writes that
+-- queue. ok = 200 (or 404 for a GET, counted as a miss), 201.
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(dir .. "common.lua")
 
@@ -9,7 +10,7 @@ function workload_init()
 end
 function request()
   local path = paths[math.random(0, HOT_KEYS - 1)]
-  if math.random() < 0.5 then
+  if math.random() < READ_SHARE then
     return wrk.format("GET", path)
   end
   return wrk.format("PUT", path, {["Content-Type"] = "application/octet-stream"}, VALUE)

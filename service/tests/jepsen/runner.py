@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,9 @@ from .netfault import Partitioner, iptables_usable
 from .procs import NodeAddr, Proc, ProcGroup, free_port, loopback_nodes, wait_http
 from .scaling import ChangeRecord, MembershipNemesis
 from .workload import Client, KeyGroup, Mix, Recorder, final_reads, new_session
+
+# `register.format_etag` of an `inner_version`: "counter.boot.node" with a negative boot
+INNER_ETAG = re.compile(r'"\d+\.-\d+\.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +114,13 @@ class RunResult:
     def ok_ops(self) -> int:
         return sum(op.outcome is Outcome.OK for op in self.ops)
 
+    @property
+    def inner_versions(self) -> int:
+        """Operations told the version of a state inside a batch (`core.changes.Batch`): a
+        later change of the same round overwrote it. Shows that batches were checked."""
+        return sum(op.outcome is Outcome.OK and op.etag is not None
+                   and INNER_ETAG.match(op.etag) is not None for op in self.ops)
+
     def availability(self) -> list[tuple[Window, int, int]]:
         """Per fault window: (window, ops sent to unaffected nodes while it lasted, how many
         of them got a definite answer). With only a minority faulty, the healthy nodes must
@@ -165,6 +176,7 @@ class RunResult:
             f"faults injected: {faults}",
             f"tombstones collected by every voter: {self.tombstones_collected} "
             f"(ttl {cfg.tombstone_ttl_s} s)",
+            f"operations told a version inside a batch of changes: {self.inner_versions}",
         ]
         if self.errors:
             lines.append(f"HARNESS ERRORS: {self.errors}")
