@@ -23,7 +23,8 @@ class Metrics:
                                        ["op", "indeterminate"], registry=r)
         self.paths = LoopCounter("quorumkv_paxos_paths",
                                  "Protocol paths taken: fast/slow reads and writes, fast "
-                                 "creates, conflicts",
+                                 "creates, forwards, conflicts, changes batched with "
+                                 "others of their key",
                                  ["path"])
         r.register(self.paths)
         self.peer_reachable = Gauge("quorumkv_peer_reachable", "1 if the peer answers",
