@@ -416,7 +416,7 @@ class QuorumKV(Cluster):
         to its home, so nothing is forwarded."""
         path = self.workdir / f"{self.tag}-homes-{keyspace}.lua"
         if not path.exists():
-            from quorumkv.replication.coordinator import home_of  # the replicas' own rule
+            from quorumkv.placement import home_of  # the replicas' own rule
             voters = [str(i) for i in range(self.replicas)]
             homes = (home_of(f"key-{i:08d}", voters) for i in range(keyspace))
             path.write_text("return {" + ",".join(homes) + "}\n")

@@ -7,12 +7,16 @@ is the boundary the operator and the tests go through.
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
+
+from quorumkv.placement import rendezvous_order
 
 
 class QuorumKVError(Exception):
@@ -50,6 +54,8 @@ class GetResult:
 
 
 MEMBERSHIP_PATH = "/internal/v1/membership"
+ROUTES_TTL = 10.0  # seconds a cluster view routes keys before it is asked for again
+DOWN_FOR = 5.0  # seconds a replica that failed a request is not routed to
 
 
 def new_session(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
@@ -81,9 +87,25 @@ class Client:
         timeout: float = 10.0,
         session: aiohttp.ClientSession | None = None,
         token: str | None = None,
+        route_keys: bool = False,
     ) -> None:
-        """`token` is the cluster's peer secret, needed only for the membership admin API."""
+        """`token` is the cluster's peer secret, needed only for the membership admin API.
+
+        `route_keys`: send each key's requests straight to its home replica, found by the
+        replicas' own rule (`quorumkv.placement`) in the members that `endpoint`'s cluster view
+        lists (asked again every ROUTES_TTL seconds). The home is the replica that
+        coordinates the key: any other forwards the request there, so this saves the
+        cluster a hop per write (measured: about a third of a write's CPU). It needs the
+        members' URLs to be reachable from the client (e.g. inside the Kubernetes cluster).
+        A replica that cannot be connected to is skipped for DOWN_FOR seconds (the next in
+        the key's order takes its keys, as the replicas do), and the request goes to
+        `endpoint` instead; a request that reached a replica is never sent again.
+        """
         self.endpoint = endpoint.rstrip("/")
+        self._route_keys = route_keys
+        self._routes: dict[str, str] = {}  # member id -> URL
+        self._routes_at = -math.inf
+        self._down_until: dict[str, float] = {}  # URL -> monotonic time
         self._admin_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
@@ -116,14 +138,13 @@ class Client:
             headers["If-Match"] = if_match
         if create_only:
             headers["If-None-Match"] = "*"
-        async with self._http().put(self.endpoint + key_path(key), data=value,
-                                    headers=headers) as resp:
+        async with await self._send("PUT", key, data=value, headers=headers) as resp:
             if resp.status in (200, 201):
                 return PutResult(created=resp.status == 201, etag=resp.headers["ETag"])
             raise await _error(resp)
 
     async def get(self, key: str) -> GetResult | None:
-        async with self._http().get(self.endpoint + key_path(key)) as resp:
+        async with await self._send("GET", key) as resp:
             if resp.status == 200:
                 return GetResult(value=await resp.read(), etag=resp.headers["ETag"])
             if resp.status == 404:
@@ -133,12 +154,45 @@ class Client:
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:
         """Delete a key; False when it was absent."""
         headers = {"If-Match": if_match} if if_match is not None else {}
-        async with self._http().delete(self.endpoint + key_path(key), headers=headers) as resp:
+        async with await self._send("DELETE", key, headers=headers) as resp:
             if resp.status == 204:
                 return True
             if resp.status == 404:
                 return False
             raise await _error(resp)
+
+    async def _send(self, method: str, key: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        """Send a key request to the key's home (with `route_keys`) or to the endpoint."""
+        url = await self._route(key)
+        try:
+            return await self._http().request(method, url + key_path(key), **kwargs)
+        except aiohttp.ClientConnectorError:  # no connection: certainly never sent
+            if url == self.endpoint:
+                raise
+            self._down_until[url] = time.monotonic() + DOWN_FOR
+        except (aiohttp.ClientError, TimeoutError):  # maybe sent: never resent
+            if url != self.endpoint:
+                self._down_until[url] = time.monotonic() + DOWN_FOR
+            raise
+        return await self._http().request(method, self.endpoint + key_path(key), **kwargs)
+
+    async def _route(self, key: str) -> str:
+        """The base URL for `key`: its home's while routing keys, else the endpoint."""
+        if not self._route_keys:
+            return self.endpoint
+        now = time.monotonic()
+        if now - self._routes_at > ROUTES_TTL:
+            self._routes_at = now
+            try:
+                view = await self.cluster()
+                self._routes = {str(m["id"]): str(m["url"]).rstrip("/") for m in view["members"]}
+            except (QuorumKVError, aiohttp.ClientError, TimeoutError, KeyError, TypeError):
+                self._routes = {}  # the endpoint takes every key until the next try
+        for node in rendezvous_order(key, self._routes):
+            url = self._routes[node]
+            if self._down_until.get(url, 0.0) <= now:
+                return url
+        return self.endpoint
 
     async def cluster(self) -> dict[str, Any]:
         """This replica's view of the cluster (`GET /v1/cluster`)."""

@@ -18,9 +18,9 @@ from quorumkv.core.ballot import Ballot
 from quorumkv.core.messages import Read, Unchanged
 from quorumkv.core.quorum import Config
 from quorumkv.node import EXIT_STORAGE_FAILED
+from quorumkv.placement import home_of
 from quorumkv.replication import stream as stream_module
 from quorumkv.replication import wire
-from quorumkv.replication.coordinator import home_of
 from quorumkv.replication.stream import PeerStream, StreamBroken
 from quorumkv.replication.wire import pack_frame, unpack_frame
 from replicas import Replicas
@@ -586,3 +586,39 @@ async def test_concurrent_writes_of_one_key_share_rounds_and_keep_their_own_vers
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_key_routing_client_sends_each_key_to_its_home(cluster: Replicas) -> None:
+    """`Client(route_keys=True)` sends each key's requests to its home, so no replica
+    forwards them (a plain client's writes through one replica are two thirds forwarded).
+    With a home dead, its keys go to the next replica in their order, which acts as home."""
+    urls = list(cluster.urls.values())
+    forwards = 'quorumkv_paxos_paths_total{path="forward"}'
+
+    async def forwarded() -> float:
+        return sum([await metric(url, forwards) for url in urls])
+
+    keys = [f"routed/{i}" for i in range(30)]
+    async with Client(cluster.urls["0"], timeout=10, route_keys=True) as routed, \
+            Client(cluster.urls["0"], timeout=10) as plain:
+        before = await forwarded()
+        for key in keys:
+            await routed.put(key, key.encode())
+        for key in keys:
+            got = await routed.get(key)
+            assert got is not None and got.value == key.encode()
+        assert await forwarded() == before
+        for key in keys:
+            await plain.put(key, b"plain")
+        assert await forwarded() - before >= len(keys) // 3
+
+        cluster.kill("2")
+        await asyncio.sleep(0.2)  # its kept-alive connections close (a request on one that
+        # had reached it when it died would fail, maybe applied: never resent)
+        orphans = [key for key in keys if home_of(key, cluster.urls) == "2"]
+        assert orphans
+        for key in orphans:
+            await routed.put(key, b"after")
+        for key in orphans:
+            got = await routed.get(key)
+            assert got is not None and got.value == b"after"

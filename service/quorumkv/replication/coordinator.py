@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -43,6 +42,7 @@ from quorumkv.core.proposer import (
 )
 from quorumkv.core.register import Register
 from quorumkv.errors import QuorumUnavailable
+from quorumkv.placement import home_of, rendezvous_order
 from quorumkv.replication.key_queue import KeyQueue
 from quorumkv.replication.local_acceptor import LocalAcceptor
 from quorumkv.replication.membership import Membership
@@ -82,17 +82,6 @@ class NotSent(NamedTuple):
 
 
 PathObserver = Callable[[str], None]  # "fast_read", "slow_read", "fast_write", "conflict", …
-
-
-def rendezvous_order(key: str, voters: Iterable[str]) -> list[str]:
-    """The voters by preference to be the key's home (rendezvous hashing), the same on every
-    replica."""
-    return sorted(voters, key=lambda node: zlib.crc32(f"{node}\0{key}".encode()), reverse=True)
-
-
-def home_of(key: str, voters: Iterable[str]) -> str:
-    """The key's home: first in its rendezvous order."""
-    return rendezvous_order(key, voters)[0]
 
 
 class Coordinator:
