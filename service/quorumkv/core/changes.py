@@ -46,10 +46,10 @@ class Batch(NamedTuple):
     proposed as one change: applied in turn, each told its own outcome.
 
     This is how writes to a hot key share a Paxos round, as a leader's log puts many writes
-    in one append. Each change is linearized at the round's accept, in batch order. A state
-    inside the batch, overwritten by a later change of it, is never stored; the change that
-    made it is still told a version of its own (`inner_version`), so an `If-Match` with its
-    ETag fails as it should: that value is already gone.
+    in one append. Each change is linearized where the round's value is chosen, in batch
+    order. A state inside the batch, overwritten by a later change of it, is never stored;
+    the change that made it is still told a version of its own (`inner_version`), so an
+    `If-Match` with its ETag fails as it should: that value is already gone.
     """
 
     changes: tuple[Single, ...]
