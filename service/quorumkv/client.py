@@ -166,14 +166,12 @@ class Client:
         url = await self._route(key)
         try:
             return await self._http().request(method, url + key_path(key), **kwargs)
-        except aiohttp.ClientConnectorError:  # no connection: certainly never sent
+        except (aiohttp.ClientError, TimeoutError) as exc:
             if url == self.endpoint:
                 raise
             self._down_until[url] = time.monotonic() + DOWN_FOR
-        except (aiohttp.ClientError, TimeoutError):  # maybe sent: never resent
-            if url != self.endpoint:
-                self._down_until[url] = time.monotonic() + DOWN_FOR
-            raise
+            if not isinstance(exc, aiohttp.ClientConnectorError):
+                raise  # maybe sent: never resent (no connection: certainly never sent)
         return await self._http().request(method, self.endpoint + key_path(key), **kwargs)
 
     async def _route(self, key: str) -> str:

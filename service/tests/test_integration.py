@@ -8,11 +8,12 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
 import pytest
-from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
+from quorumkv.client import Client, PreconditionFailed, PutResult, QuorumKVError, Unavailable
 from quorumkv.core.acceptor import Promise
 from quorumkv.core.ballot import Ballot
 from quorumkv.core.messages import Read, Unchanged
@@ -565,24 +566,19 @@ async def test_concurrent_writes_of_one_key_share_rounds_and_keep_their_own_vers
         with pytest.raises(PreconditionFailed):
             await clients[2].put("hot/batched", b"stale", if_match=overwritten)
 
-        async def cas(i: int) -> bool:
+        async def won(attempt: Awaitable[PutResult]) -> bool:
             try:
-                await clients[i % 3].put("hot/batched", f"cas{i}".encode(),
-                                         if_match=final.etag)
+                await attempt
             except PreconditionFailed:
                 return False
             return True
 
-        assert sum(await asyncio.gather(*(cas(i) for i in range(24)))) == 1
-
-        async def create(i: int) -> bool:
-            try:
-                await clients[i % 3].put("hot/created", f"c{i}".encode(), create_only=True)
-            except PreconditionFailed:
-                return False
-            return True
-
-        assert sum(await asyncio.gather(*(create(i) for i in range(24)))) == 1
+        assert sum(await asyncio.gather(*(
+            won(clients[i % 3].put("hot/batched", f"cas{i}".encode(), if_match=final.etag))
+            for i in range(24)))) == 1
+        assert sum(await asyncio.gather(*(
+            won(clients[i % 3].put("hot/created", f"c{i}".encode(), create_only=True))
+            for i in range(24)))) == 1
     finally:
         for client in clients:
             await client.close()
