@@ -97,9 +97,10 @@ class Client:
         coordinates the key: any other forwards the request there, so this saves the
         cluster a hop per write (measured: about a third of a write's CPU). It needs the
         members' URLs to be reachable from the client (e.g. inside the Kubernetes cluster).
-        A replica that cannot be connected to is skipped for DOWN_FOR seconds (the next in
-        the key's order takes its keys, as the replicas do), and the request goes to
-        `endpoint` instead; a request that reached a replica is never sent again.
+        A replica that fails a request is skipped for DOWN_FOR seconds (the next in the
+        key's order takes its keys, as the replicas do), and the request goes to `endpoint`
+        instead if it is a read, or a write that certainly never reached the replica (no
+        connection); a write that may have reached it is never sent again.
         """
         self.endpoint = endpoint.rstrip("/")
         self._route_keys = route_keys
@@ -170,8 +171,8 @@ class Client:
             if url == self.endpoint:
                 raise
             self._down_until[url] = time.monotonic() + DOWN_FOR
-            if not isinstance(exc, aiohttp.ClientConnectorError):
-                raise  # maybe sent: never resent (no connection: certainly never sent)
+            if method != "GET" and not isinstance(exc, aiohttp.ClientConnectorError):
+                raise  # a write that may have been applied: never resent
         return await self._http().request(method, self.endpoint + key_path(key), **kwargs)
 
     async def _route(self, key: str) -> str:

@@ -608,11 +608,16 @@ async def test_a_key_routing_client_sends_each_key_to_its_home(cluster: Replicas
             await plain.put(key, b"plain")
         assert await forwarded() - before >= len(keys) // 3
 
-        cluster.kill("2")
-        await asyncio.sleep(0.2)  # its kept-alive connections close (a request on one that
-        # had reached it when it died would fail, maybe applied: never resent)
         orphans = [key for key in keys if home_of(key, cluster.urls) == "2"]
         assert orphans
+        cluster.pause("2")  # reads of its keys reach it (kept-alive connections) and hang
+        reads = [asyncio.create_task(routed.get(key)) for key in orphans]
+        await asyncio.sleep(0.3)
+        assert not any(read.done() for read in reads)
+        cluster.kill("2")  # their connections break: a read is sent again, to the endpoint
+        for read in reads:
+            got = await read
+            assert got is not None and got.value == b"plain"
         for key in orphans:
             await routed.put(key, b"after")
         for key in orphans:
