@@ -8,7 +8,7 @@ PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install-dev lint unit integration jepsen test-local e2e test demo cluster \
+.PHONY: help install-dev tools lint unit integration jepsen test-local e2e test demo cluster \
         cluster-down local bench failover clean
 
 help:  ## list the targets
@@ -23,12 +23,15 @@ $(STAMP): pyproject.toml
 
 install-dev: $(STAMP)  ## create .venv with the project and its dev tools
 
+tools:  ## the pinned Helm that the chart tests render with (built once into the cache)
+	bash e2e/tools/ensure-go-tools.sh helm
+
 lint: $(STAMP)  ## ruff, mypy (strict) and the import-layer contracts
 	$(VENV)/bin/ruff check service operator e2e bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-unit: $(STAMP)  ## fast tests: pure protocol, simulation, checker, operator builders
+unit: $(STAMP) tools  ## fast tests: pure protocol, simulation, checker, operator builders
 	$(PYTEST) -m "not integration and not jepsen and not e2e" service operator
 
 integration: $(STAMP)  ## real replica processes on loopback, with kill -9 and SIGSTOP
@@ -37,7 +40,7 @@ integration: $(STAMP)  ## real replica processes on loopback, with kill -9 and S
 jepsen: $(STAMP)  ## the linearizability test with a nemesis (needs root for iptables)
 	$(PYTEST) -m "jepsen" service
 
-test-local: $(STAMP)  ## every test that needs no Kubernetes
+test-local: $(STAMP) tools  ## every test that needs no Kubernetes
 	$(PYTEST) service operator
 
 cluster: $(STAMP)  ## bring up a cluster (kind if usable, else the local one); prints KUBECONFIG
