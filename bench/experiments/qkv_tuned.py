@@ -11,6 +11,12 @@ change would buy before anybody writes it properly. Knobs (environment variables
   QKV_GC_LOG=1                log GC counts, total and max pause every 5 s (stderr)
   QKV_INFLIGHT=N              concurrent batches per peer link (PeerLink max_inflight)
   QKV_INLINE_COMMIT=1         run the SQLite group commit on the event loop thread
+  QKV_WAIT_ALL=1              a plain PUT's accept waits for every voter, not a quorum
+  QKV_UNSAFE_ENTRY_PUTS=1     UNSAFE, timing only: the replica that takes a plain PUT proposes
+                              it itself in one round trip (no forward, no prepare), at a
+                              ballot above its own acceptor's, and acceptors ignore promises
+                              on accept. With QKV_WAIT_ALL=1: the message pattern of the fast
+                              overwrites of docs/fast-overwrites.md, without their safety
 
 Example: A/B of a revision against itself with the GC knob, interleaved on the same machine:
   python3 bench/run.py --systems quorumkv --qkv-rev HEAD --workloads put,get \
@@ -98,10 +104,66 @@ def _inline_commit_knob() -> None:
     committer.ThreadPoolExecutor = lambda *a, **k: _InlineExecutor()  # type: ignore
 
 
+def _is_plain_put(change: Any) -> bool:
+    from quorumkv.core.changes import Put
+
+    return isinstance(change, Put) and change.if_match is None and not change.create_only
+
+
+def _wait_all_knob() -> None:
+    if os.environ.get("QKV_WAIT_ALL") != "1":
+        return
+    from quorumkv.core import proposer
+
+    original = proposer.on_reply
+
+    def on_reply(prop: Any, sender: str, request: Any, reply: Any) -> tuple[Any, Any]:
+        prop, action = original(prop, sender, request, reply)
+        if isinstance(action, proposer.Done) and prop.phase is proposer.Phase.ACCEPT \
+                and _is_plain_put(prop.change) and prop.ok != prop.config.voters:
+            return prop, proposer.Continue()
+        return prop, action
+
+    proposer.on_reply = on_reply
+
+
+def _unsafe_entry_puts_knob() -> None:
+    if os.environ.get("QKV_UNSAFE_ENTRY_PUTS") != "1":
+        return
+    from quorumkv.core import acceptor, proposer
+    from quorumkv.replication.coordinator import Coordinator
+
+    original_accept, original_change, original_begin = (
+        acceptor.accept, Coordinator.change, Coordinator._begin)
+
+    def accept(state: Any, ballot: Any, register: Any, next_promise: Any) -> Any:
+        return original_accept(state._replace(promised=min(state.promised, ballot)), ballot,
+                               register, next_promise)
+
+    async def change(self: Any, key: str, change: Any, deadline: Any = None, *,
+                     local_only: bool = False) -> Any:
+        return await original_change(self, key, change, deadline,
+                                     local_only=local_only or _is_plain_put(change))
+
+    def begin(self: Any, key: str, change: Any) -> Any:
+        if not _is_plain_put(change):
+            return original_begin(self, key, change)
+        self._promised.pop(key, None)
+        ballot = self._local.seen(key).next(self._node, self._boot)
+        return proposer.begin_accept(key, change, self._membership.config, self._node,
+                                     self._boot, ballot, self._local.state(key).register)
+
+    acceptor.accept = accept
+    Coordinator.change = change  # type: ignore[method-assign]
+    Coordinator._begin = begin  # type: ignore[method-assign]
+
+
 def main() -> int:
     _gc_knobs()
     _inflight_knob()
     _inline_commit_knob()
+    _wait_all_knob()
+    _unsafe_entry_puts_knob()
     from quorumkv.cli import main as quorumkv_main
 
     sys.argv[0] = "quorumkv"
