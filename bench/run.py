@@ -150,6 +150,38 @@ def loadavg() -> list[float]:
         return [float(x) for x in f.read().split()[:3]]
 
 
+def host_speed() -> dict[str, float]:
+    """How fast this (virtual) machine is right now, to compare runs made on different days:
+    a step of a Python loop (the interpreter's speed) and a round trip through pipes between
+    two processes (a wake-up each way). QuorumKV hands every operation between processes
+    several times, so where wake-ups are dear it loses more than etcd does (bench/README.md,
+    eleventh pass)."""
+    steps = 2_000_000
+    start = time.perf_counter()
+    total = 0
+    for i in range(steps):
+        total += i
+    loop_ns = (time.perf_counter() - start) / steps * 1e9
+    trips = 5000
+    to_child, from_parent = os.pipe()
+    to_parent, from_child = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        for _ in range(trips):
+            os.read(to_child, 1)
+            os.write(from_child, b"x")
+        os._exit(0)
+    start = time.perf_counter()
+    for _ in range(trips):
+        os.write(from_parent, b"x")
+        os.read(to_parent, 1)
+    trip_us = (time.perf_counter() - start) / trips * 1e6
+    os.waitpid(pid, 0)
+    for fd in (to_child, from_parent, to_parent, from_child):
+        os.close(fd)
+    return {"python_loop_step_ns": round(loop_ns, 1), "pipe_round_trip_us": round(trip_us, 1)}
+
+
 def cpu_busy_seconds() -> float:
     """All CPUs' non-idle time (user+nice+system+irq+softirq+steal), in seconds."""
     with open("/proc/stat") as f:
@@ -767,6 +799,13 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
          f"{noise['idle_busy_cores']:.2f} of {env['cpus']} cores; CPU used by other processes "
          f"during the measured runs: median {noise['foreign_cores_median']:.2f}, max "
          f"{noise['foreign_cores_max']:.2f} cores.", ""]
+    if "host_speed" in env:
+        speed = env["host_speed"]
+        L += [f"**Host speed** (before the runs): a Python loop step "
+              f"{speed['python_loop_step_ns']} ns, a pipe round trip between two processes "
+              f"{speed['pipe_round_trip_us']} µs. Compare runs only at similar figures: "
+              "QuorumKV passes each operation between processes, so slow wake-ups cost it "
+              "more than etcd (bench/README.md, eleventh pass).", ""]
     if noise["heavy_processes"]:
         L += ["Other heavy processes seen: " + "; ".join(
             f"`{h[:80]}`" for h in noise["heavy_processes"][:5]), ""]
@@ -948,8 +987,10 @@ def main() -> int:
         heavy0 = heavy_processes()
         idle = busy_cores_sample(2.0)
     la_before = loadavg()
+    speed = host_speed()
     log(f"load average {la_before}, CPU busy {idle:.2f}/{NCPU} cores, "
-        f"heavy processes: {len(heavy0)}")
+        f"heavy processes: {len(heavy0)}; host speed: Python loop step "
+        f"{speed['python_loop_step_ns']} ns, pipe round trip {speed['pipe_round_trip_us']} µs")
     for h in heavy0[:5]:
         log(f"  busy: {h[:150]}")
 
@@ -1049,7 +1090,7 @@ def main() -> int:
             "wrk_version": tool_version(["wrk", "-v"]).split(" [")[0].replace("wrk ", ""),
             "git_commit": git_commit, "git_dirty": git_dirty,
             "quorumkv_source": qkv_source, "variants": opts.variant,
-            "data_dir": str(workdir), "data_fs": fstype,
+            "data_dir": str(workdir), "data_fs": fstype, "host_speed": speed,
         },
         "parameters": {
             "systems": opts.system_list, "workloads": opts.workload_list,
