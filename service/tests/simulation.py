@@ -336,11 +336,13 @@ class Simulation:
         client.high = max(client.high, client.proposal.highest_seen)
         prop = client.proposal
         if self.faults.fast_on_quorum and prop.phase is proposer.Phase.FAST \
-                and isinstance(action, proposer.Continue | proposer.Indeterminate) \
+                and isinstance(action, proposer.Continue | proposer.Linger
+                               | proposer.Indeterminate) \
                 and self.config.is_quorum(prop.ok):
             assert prop.proposed is not None and isinstance(prop.message, FastAccept)
             action = proposer.Done(Outcome.CREATED, prop.proposed, None)
-        if self.faults.read_unchosen and isinstance(action, proposer.Linger):
+        if self.faults.read_unchosen and isinstance(action, proposer.Linger) \
+                and prop.phase is proposer.Phase.READ:
             action = proposer.read_done(proposer.choose(prop.replies))
         self.act(client, action)
 
@@ -375,13 +377,14 @@ class Simulation:
         if self.now >= client.deadline:
             accepted = client.proposal.voted
             self.finish(client, "indeterminate" if accepted else "failed")
-        elif client.proposal.phase is proposer.Phase.READ \
+        elif client.proposal.phase in (proposer.Phase.READ, proposer.Phase.FAST) \
                 and self.config.is_quorum(client.proposal.ok) \
                 and self.rng.random() < READ_PATIENCE:
-            # a read waiting for its last replies gives up on them at some point
+            # a read or a fast create waiting for its last replies gives up on them at some
+            # point (a fast create is then settled by a classic round)
+            self.reads_gave_up += client.proposal.phase is proposer.Phase.READ
             client.proposal, action = proposer.on_silence(client.proposal)
             assert action is not None
-            self.reads_gave_up += 1
             self.act(client, action)
         elif client.retry_at is not None and self.now >= client.retry_at:
             client.retry_at = None

@@ -361,12 +361,32 @@ def _fast_create() -> tuple[proposer.Proposal, FastAccept]:
 
 def test_fast_create_is_done_only_when_every_voter_accepted() -> None:
     prop, vote = _fast_create()
-    for node in ("a", "b"):
-        prop, action = proposer.on_reply(prop, node, vote, Accepted())
-        assert isinstance(action, proposer.Continue)  # a quorum is not enough
-    prop, action = proposer.on_reply(prop, "c", vote, Accepted())
+    prop, action = proposer.on_reply(prop, "a", vote, Accepted())
+    assert isinstance(action, proposer.Continue)
+    prop, action = proposer.on_reply(prop, "b", vote, Accepted())
+    assert isinstance(action, proposer.Linger)  # a quorum is not enough: wait for c
+    _, action = proposer.on_reply(prop, "c", vote, Accepted())
     assert isinstance(action, proposer.Done) and action.outcome is Outcome.CREATED
     assert action.register == vote.register and action.next_ballot == vote.next_promise
+
+
+def test_fast_create_a_voter_never_answers_is_settled_above_its_promise() -> None:
+    """A voter frozen before anyone noticed: the takers promised the vote's next ballot, so
+    the settling round goes above that, and re-proposes the create that its prepare adopts."""
+    prop, vote = _fast_create()
+    for node in ("a", "b"):
+        prop, _ = proposer.on_reply(prop, node, vote, Accepted())
+    prop, action = proposer.on_silence(prop)
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Prepare)
+    assert vote.next_promise is not None and action.message.ballot > vote.next_promise
+    taken = Promise(vote.ballot, vote.register, VOTERS)
+    prop, _ = proposer.on_reply(prop, "a", action.message, taken)
+    prop, action = proposer.on_reply(prop, "b", action.message, taken)
+    assert isinstance(action, proposer.Send) and isinstance(action.message, Accept)
+    assert action.message.register == vote.register
+    prop, _ = proposer.on_reply(prop, "a", action.message, Accepted())
+    _, action = proposer.on_reply(prop, "b", action.message, Accepted())
+    assert isinstance(action, proposer.Done) and action.outcome is Outcome.CREATED
 
 
 def test_fast_create_refused_by_all_but_a_minority_retries() -> None:

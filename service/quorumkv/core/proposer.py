@@ -75,8 +75,8 @@ class Continue(NamedTuple):
 
 class Linger(NamedTuple):
     """A quorum answered, and only the replies still out can finish the operation this way
-    (a read whose replies do not agree yet): wait a little for them, then call
-    `on_silence`."""
+    (a read whose replies do not agree yet, a fast vote a quorum took): wait a little for
+    them, then call `on_silence`."""
 
 
 class Send(NamedTuple):
@@ -259,10 +259,14 @@ def on_silence(proposal: Proposal) -> tuple[Proposal, Action | None]:
     """No more replies will come in time (the rest failed, or the driver's patience ran out).
 
     A read that heard a quorum, but no quorum of agreeing replies, finishes with a
-    write-back; anything else has nothing to go on (None).
+    write-back; a fast vote that a quorum took is settled by a classic round (`_settle`),
+    so a frozen voter does not hold the create up; anything else has nothing to go on
+    (None).
     """
     if proposal.phase is Phase.READ and proposal.config.is_quorum(proposal.ok):
         return _write_back(proposal)
+    if proposal.phase is Phase.FAST and proposal.config.is_quorum(proposal.ok):
+        return _settle(proposal)
     return proposal, None
 
 
@@ -304,6 +308,8 @@ def _after_rejection(proposal: Proposal) -> tuple[Proposal, Action]:
             return proposal, Retry(proposal.highest_seen)  # no quorum can adopt the vote
         if proposal.ok | proposal.rejected == voters:
             return _settle(proposal)
+        if proposal.config.is_quorum(proposal.ok):
+            return proposal, Linger()  # the rest may still take it; if not, settle
         return proposal, Continue()
     if proposal.config.is_quorum(voters - proposal.rejected):
         return proposal, Continue()
@@ -317,9 +323,16 @@ def _after_rejection(proposal: Proposal) -> tuple[Proposal, Action]:
 
 
 def _settle(proposal: Proposal) -> tuple[Proposal, Send]:
-    """Every voter answered the fast vote, a quorum took it, some refused it: it is neither
-    chosen nor safe to retry. A classic round above every ballot seen settles it."""
-    ballot = proposal.highest_seen.next(proposal.node, proposal.boot)
+    """A quorum took the fast vote, and some voter refused it or did not answer in time: it
+    is neither known chosen nor safe to retry. A classic round above every ballot seen, and
+    above the promise the vote carried (the takers refuse anything up to it), settles it.
+
+    Without the silent voters too: the settling prepare's repliers promise above the vote,
+    so a voter that takes it late cannot make it chosen unless every replier holds it, and
+    then `choose` adopts it (`_settled`)."""
+    assert isinstance(proposal.message, FastAccept)
+    promised = proposal.message.next_promise or proposal.ballot
+    ballot = max(proposal.highest_seen, promised).next(proposal.node, proposal.boot)
     message = Prepare(proposal.key, ballot)
     return proposal._replace(phase=Phase.PREPARE, ballot=ballot, ok=frozenset(),
                              rejected=frozenset(), replies=(), settling=proposal.proposed,

@@ -66,6 +66,11 @@ FORWARD_GRACE = 1.0  # seconds a forwarder waits beyond its deadline for the hom
 # trail by well under a millisecond) before it writes the value back instead: a write-back
 # costs two more round trips and a commit on every replica.
 READ_PATIENCE = 0.02
+# How long a fast create that a quorum took waits for its last voters before a classic
+# round settles it without them: long enough that a busy voter's commit is rarely given up
+# on (settling costs two more round trips), short enough that a voter frozen before it was
+# noticed does not hold creates until their deadline.
+FAST_PATIENCE = 0.25
 
 
 def _expire(decided: asyncio.Future[Action | NotSent | None]) -> None:
@@ -174,6 +179,8 @@ class Coordinator:
         attempts = 0
         while True:
             prop, action = await self._broadcast(prop, send.message, deadline)
+            if action is None and prop.phase is proposer.Phase.FAST:
+                prop, action = proposer.on_silence(prop)  # settle without the silent voters
             if isinstance(action, Send):
                 send = action
                 continue
@@ -358,7 +365,9 @@ class Coordinator:
                         return
                     if not lingering[0]:
                         lingering[0] = True
-                        patience = loop.call_later(READ_PATIENCE, _expire, decided)
+                        wait = READ_PATIENCE if prop.phase is proposer.Phase.READ \
+                            else FAST_PATIENCE
+                        patience = loop.call_later(wait, _expire, decided)
                         decided.add_done_callback(lambda _: patience.cancel())
                 elif not isinstance(action, Continue):
                     decided.set_result(action)
