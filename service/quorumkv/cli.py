@@ -19,6 +19,7 @@ from quorumkv.settings import (
     MAX_VALUE_BYTES,
     ServeSettings,
     SettingsError,
+    parse_http_url,
     parse_listen,
     parse_peers,
     read_token,
@@ -148,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "local":
             from quorumkv.local import run_local
             return run_local(args.replicas, args.base_port, args.data_dir)
+        args.endpoint = parse_http_url(args.endpoint, "--endpoint")
+        if args.timeout <= 0:
+            raise SettingsError("--timeout must be positive")
     except SettingsError as exc:
         parser.exit(EXIT_USAGE, f"quorumkv {args.command}: error: {exc}\n")
     from quorumkv.client_cli import run_client_command

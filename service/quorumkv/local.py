@@ -47,10 +47,11 @@ def run_local(replicas: int, base_port: int, data_dir: str | None) -> int:
                   "(Ctrl-C stops them all)", flush=True)
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
-        crashed = [str(i) for i, p in enumerate(procs) if p.poll() not in (None, 0)]
+        crashed = [f"{i} (status {p.returncode})" for i, p in enumerate(procs)
+                   if p.poll() not in (None, 0)]
         if crashed and not stopping:
-            print(f"quorumkv local: replica(s) {', '.join(crashed)} exited; stopping all",
-                  file=sys.stderr)
+            print(f"quorumkv local: replica {', '.join(crashed)} exited, its error is logged "
+                  "above; stopping all", file=sys.stderr)
             return 1
         return 0
     finally:

@@ -36,7 +36,8 @@ log = logging.getLogger("quorumkv.node")
 # A commit that failed leaves memory ahead of the disk, and a failed fsync cannot be retried
 # (Linux may already have dropped the dirty pages), so the replica stops at once and its
 # restart replays the log, as PostgreSQL does on a failed fsync. `serve`'s other codes: 2 for
-# bad flags (cli.EXIT_USAGE), 3 for a data directory it cannot start on (server.EXIT_STORAGE).
+# bad flags (cli.EXIT_USAGE), 3 for a data directory it cannot start on (server.EXIT_STORAGE),
+# 5 for an address it cannot listen on (server.EXIT_LISTEN).
 EXIT_STORAGE_FAILED = 4
 HEARTBEAT_INTERVAL = 0.25  # with HEARTBEAT_TIMEOUT: a silent peer is noticed in 0.4-0.65 s
 

@@ -27,6 +27,7 @@ GIL_SWITCH_INTERVAL = 0.0005
 
 
 EXIT_STORAGE = 3  # the data directory is in use, or not a QuorumKV one
+EXIT_LISTEN = 5  # the listen address is taken, or not one of this host's
 MAX_LINE = 16 * 1024
 SHUTDOWN_GRACE = 10.0  # seconds for requests in progress to be answered
 # Fewer, cheaper collections: the replica allocates many short-lived objects per request and
@@ -86,8 +87,16 @@ async def _serve(settings: ServeSettings) -> int:
     # key requests take the lean path; everything else, and anything unusual, aiohttp's
     fast_path = FastPath(runner.app[NODE], runner.server)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(fast_path, settings.listen_host, settings.listen_port,
-                                      backlog=1024, reuse_address=True)
+    try:
+        server = await loop.create_server(fast_path, settings.listen_host,
+                                          settings.listen_port, backlog=1024,
+                                          reuse_address=True)
+    except OSError as exc:  # a port in use is a setup mistake, not a crash: no traceback
+        log.error("cannot listen", extra={
+            "listen": f"{settings.listen_host}:{settings.listen_port}",
+            "error": exc.strerror or str(exc)})
+        await runner.cleanup()
+        return EXIT_LISTEN
     sweeper = asyncio.create_task(fast_path.close_idle_connections())
     log.info("serving", extra={"listen": f"{settings.listen_host}:{settings.listen_port}",
                                "data_dir": str(settings.data_dir)})

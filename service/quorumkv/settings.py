@@ -60,13 +60,22 @@ def parse_peers(values: list[str]) -> dict[str, str]:
         node, url = node.strip(), url.strip()
         if not sep or not node or not url:
             raise SettingsError(f"a peer must be ID=URL, got {item!r}")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise SettingsError(f"peer {node}: {url!r} is not an http(s) URL")
+        url = parse_http_url(url, f"peer {node}")
         if node in peers and peers[node] != url:
             raise SettingsError(f"peer {node} is given twice with different URLs")
-        peers[node] = url.rstrip("/")
+        peers[node] = url
     return peers
+
+
+def parse_http_url(url: str, what: str) -> str:
+    """`url` without its trailing slash, if it is an http(s) URL with a host: `what` names
+    the flag or peer in the error, which a typo would otherwise surface much later as a
+    connection failure."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{what}: {url!r} is not an http(s) URL "
+                            "(e.g. http://127.0.0.1:7000)")
+    return url.rstrip("/")
 
 
 def read_token(path: str | None) -> str | None:

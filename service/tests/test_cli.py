@@ -1,0 +1,180 @@
+"""The `quorumkv` command line as a newcomer meets it: the README's quick start (`quorumkv
+local`, then `put`/`get`/`delete` against any replica), and a clear error with status 2,
+touching nothing, for every bad flag."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jepsen.procs import free_port
+
+QUORUMKV = [sys.executable, "-m", "quorumkv"]
+
+
+def cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*QUORUMKV, *args], input=stdin, capture_output=True, timeout=60,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive free loopback ports, as `quorumkv local` needs."""
+    for _ in range(50):
+        base = free_port(["127.0.0.1"])
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+class LocalCluster:
+    """`quorumkv local` as a user runs it, its output (and its replicas' logs) in a file."""
+
+    def __init__(self, data_dir: Path, output: Path, base_port: int) -> None:
+        self.output = output
+        self.urls = [f"http://127.0.0.1:{base_port + i}" for i in range(3)]
+        with output.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*QUORUMKV, "local", "--replicas", "3", "--base-port", str(base_port),
+                 "--data-dir", str(data_dir)], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while "Try: quorumkv put" not in self.text():
+            assert self.proc.poll() is None, f"quorumkv local exited:\n{self.text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not ready:\n{self.text()[-3000:]}"
+            time.sleep(0.2)
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path / "data", tmp_path / "local.out", free_port_run(3))
+    try:
+        yield cluster
+    finally:
+        if cluster.proc.poll() is None:
+            cluster.stop(signal.SIGTERM)
+
+
+@pytest.mark.integration
+def test_quick_start_local_cluster_then_the_client_commands(local: LocalCluster,
+                                                            tmp_path: Path) -> None:
+    first, second, third = local.urls
+    for url in local.urls:
+        assert f": {url}" in local.text()  # it told the user where its replicas are
+
+    put = cli("put", "greeting", "hello", "--endpoint", first)
+    assert put.returncode == 0 and put.stderr.startswith(b"created greeting version ")
+    got = cli("get", "greeting", "--endpoint", third)  # any replica
+    assert (got.returncode, got.stdout) == (0, b"hello")  # no newline added when piped
+    replaced = cli("put", "greeting", "world", "--endpoint", second)
+    assert replaced.returncode == 0 and replaced.stderr.startswith(b"replaced greeting")
+    etag = replaced.stderr.split(b"version ")[1].strip().decode()
+
+    stale = cli("put", "greeting", "x", "--if-match", '"stale"', "--endpoint", first)
+    assert stale.returncode == 1 and b"precondition failed" in stale.stderr
+    exists = cli("put", "greeting", "x", "--create-only", "--endpoint", first)
+    assert exists.returncode == 1 and b"precondition failed" in exists.stderr
+    cas = cli("put", "greeting", "cas", "--if-match", etag, "--endpoint", third)
+    assert cas.returncode == 0
+    assert cli("get", "greeting", env={"QUORUMKV_ENDPOINT": second}).stdout == b"cas"
+
+    blob = bytes(range(256)) * 4
+    assert cli("put", "blob", "-", "--endpoint", second, stdin=blob).returncode == 0
+    assert cli("get", "blob", "--endpoint", first).stdout == blob
+
+    assert cli("delete", "greeting", "--endpoint", second).returncode == 0
+    missing = cli("get", "greeting", "--endpoint", first)
+    assert (missing.returncode, missing.stdout) == (1, b"")
+    assert b"greeting: not found" in missing.stderr
+    assert cli("delete", "greeting", "--endpoint", third).returncode == 1
+
+    # Ctrl-C stops every replica; started again on the same data, nothing is lost
+    assert local.stop() == 0
+    for url in local.urls:
+        assert cli("get", "blob", "--endpoint", url, "--timeout", "2").returncode == 3
+    again = LocalCluster(tmp_path / "data", tmp_path / "again.out",
+                         int(first.rsplit(":", 1)[1]))
+    try:
+        assert cli("get", "blob", "--endpoint", third).stdout == blob
+        assert cli("get", "greeting", "--endpoint", second).returncode == 1
+    finally:
+        assert again.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.integration
+def test_local_says_which_replica_could_not_start_and_stops_the_others(tmp_path: Path) -> None:
+    base = free_port_run(3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 1))
+        taken.listen()
+        started = time.monotonic()
+        run = subprocess.run([*QUORUMKV, "local", "--replicas", "3", "--base-port", str(base),
+                              "--data-dir", str(tmp_path)], capture_output=True, timeout=60,
+                             check=False)
+    assert run.returncode == 1 and time.monotonic() - started < 30
+    assert b'"msg":"cannot listen"' in run.stderr and b"Traceback" not in run.stderr
+    assert b"replica 1 (status 5) exited" in run.stderr
+    for port in (base, base + 2):  # the others were stopped, not left behind
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+
+
+def test_an_unreachable_endpoint_is_status_3_with_the_reason() -> None:
+    url = f"http://127.0.0.1:{free_port(['127.0.0.1'])}"
+    run = cli("get", "k", "--endpoint", url, "--timeout", "2")
+    assert run.returncode == 3 and f"cannot reach {url}".encode() in run.stderr
+
+
+BAD_FLAGS = [
+    (["serve", "--data-dir", "{d}"], "--node-id (or QUORUMKV_NODE_ID) is required"),
+    (["serve", "--node-id", "0"], "--data-dir (or QUORUMKV_DATA_DIR) is required"),
+    (["serve", "--node-id", "0", "--data-dir", "{d}", "--listen", "7000"],
+     "--listen must be HOST:PORT, got '7000'"),
+    (["serve", "--node-id", "0", "--data-dir", "{d}", "--peer", "0"],
+     "a peer must be ID=URL, got '0'"),
+    (["serve", "--node-id", "0", "--data-dir", "{d}", "--peer", "0=127.0.0.1:7000"],
+     "peer 0: '127.0.0.1:7000' is not an http(s) URL"),
+    (["serve", "--node-id", "3", "--data-dir", "{d}", "--peer", "0=http://127.0.0.1:7000"],
+     "--node-id '3' is not among the peers (0)"),
+    (["serve", "--node-id", "0", "--data-dir", "{d}", "--request-timeout", "0"],
+     "must be positive"),
+    (["serve", "--node-id", "0", "--data-dir", "{d}", "--log-level", "LOUD"],
+     "invalid choice: 'LOUD'"),
+    (["local", "--replicas", "10", "--data-dir", "{d}"], "--replicas must be between 1 and 9"),
+    (["local", "--base-port", "80", "--data-dir", "{d}"], "--base-port must leave room"),
+    (["put", "k"], "the following arguments are required: value"),
+    (["get", "k", "--endpoint", "127.0.0.1:7000"],
+     "--endpoint: '127.0.0.1:7000' is not an http(s) URL"),
+    (["get", "k", "--timeout", "0"], "--timeout must be positive"),
+    (["get", "k", "--timeout", "soon"], "invalid float value: 'soon'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_FLAGS, ids=[m for _, m in BAD_FLAGS])
+def test_a_bad_flag_is_refused_with_a_clear_message_and_touches_nothing(
+        args: list[str], message: str, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    run = cli(*(arg.format(d=data_dir) for arg in args))
+    assert run.returncode == 2
+    assert message in run.stderr.decode(), run.stderr.decode()
+    assert b"Traceback" not in run.stderr
+    assert not data_dir.exists()
