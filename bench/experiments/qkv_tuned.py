@@ -10,7 +10,6 @@ change would buy before anybody writes it properly. Knobs (environment variables
   QKV_GC_FREEZE_AFTER=S       gc.freeze() S seconds after start (state loaded by then)
   QKV_GC_LOG=1                log GC counts, total and max pause every 5 s (stderr)
   QKV_INFLIGHT=N              concurrent batches per peer link (PeerLink max_inflight)
-  QKV_INLINE_COMMIT=1         run the SQLite group commit on the event loop thread
   QKV_WAIT_ALL=1              a plain PUT's accept waits for every voter, not a quorum
   QKV_UNSAFE_ENTRY_PUTS=1     UNSAFE, timing only: the replica that takes a plain PUT proposes
                               it itself in one round trip (no forward, no prepare), at a
@@ -25,7 +24,6 @@ Example: A/B of a revision against itself with the GC knob, interleaved on the s
 
 from __future__ import annotations
 
-import concurrent.futures
 import gc
 import os
 import sys
@@ -86,24 +84,6 @@ def _inflight_knob() -> None:
     transport.PeerLink.__init__ = init  # type: ignore[method-assign]
 
 
-class _InlineExecutor(concurrent.futures.Executor):
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
-def _inline_commit_knob() -> None:
-    if os.environ.get("QKV_INLINE_COMMIT") != "1":
-        return
-    from quorumkv.storage import committer
-
-    committer.ThreadPoolExecutor = lambda *a, **k: _InlineExecutor()  # type: ignore
-
-
 def _is_plain_put(change: Any) -> bool:
     from quorumkv.core.changes import Put
 
@@ -161,7 +141,6 @@ def _unsafe_entry_puts_knob() -> None:
 def main() -> int:
     _gc_knobs()
     _inflight_knob()
-    _inline_commit_knob()
     _wait_all_knob()
     _unsafe_entry_puts_knob()
     from quorumkv.cli import main as quorumkv_main
