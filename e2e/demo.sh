@@ -52,7 +52,7 @@ cat <<MSG
 
 QuorumKV is running: KVCluster 'demo' in namespace '$namespace'.
   export KUBECONFIG=$KUBECONFIG
-  kubectl -n $namespace get kvc                      # replicas, ready, phase, quorum
+  kubectl -n $namespace get kvc                      # replicas, ready, phase, available
   kubectl -n $namespace port-forward svc/demo 8080:8080 &
   curl -X PUT --data-binary world http://127.0.0.1:8080/v1/kv/hello
   curl http://127.0.0.1:8080/v1/kv/hello

@@ -3,7 +3,7 @@
 - create / update / resume of a KVCluster → full reconcile, status through `patch.status`;
 - a timer per KVCluster → the same reconcile, to undo drift and to refresh status (its
   status write is also the heartbeat the watch-freshness probe listens for);
-- a fast timer (`driveInterval`, 2 s) → the same reconcile, only while a scale is in
+- a fast timer (`Settings.drive_interval`, 2 s) → the same reconcile, only while a scale is in
   progress or waiting: each cycle is one step of the membership change;
 - events of the cluster's pods and StatefulSet → a coalesced status refresh within a
   second, so conditions follow a pod dying or coming back.

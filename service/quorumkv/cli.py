@@ -1,7 +1,9 @@
 """`quorumkv`: run a replica, a local cluster, or talk to one.
 
 Every `serve` flag can also come from the environment variable named in its help, which is
-how the StatefulSet configures replicas.
+how the StatefulSet configures replicas. A default that is a string (from the environment or
+not) is converted by argparse like a value on the command line, so a malformed variable is
+refused as clearly as a malformed flag.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from quorumkv.settings import (
 DEFAULT_ENDPOINT = "http://127.0.0.1:7000"
 
 EXIT_USAGE = 2  # as argparse does; the client's own exit codes are in client_cli
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -64,22 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="file holding the shared secret peers must present "
                             "[QUORUMKV_AUTH_TOKEN_FILE]")
     serve.add_argument("--request-timeout", type=float,
-                       default=float(_env("QUORUMKV_REQUEST_TIMEOUT", "2.5") or 2.5),
+                       default=_env("QUORUMKV_REQUEST_TIMEOUT", "2.5"),
                        help="seconds a request may wait for a quorum before 503 (default 2.5) "
                             "[QUORUMKV_REQUEST_TIMEOUT]")
     serve.add_argument("--tombstone-ttl", type=float,
-                       default=float(_env("QUORUMKV_TOMBSTONE_TTL", "60") or 60),
+                       default=_env("QUORUMKV_TOMBSTONE_TTL", "60"),
                        help="seconds a deleted key's tombstone is kept before every replica "
                             "forgets it (default 60) [QUORUMKV_TOMBSTONE_TTL]")
     serve.add_argument("--antientropy-interval", type=float,
-                       default=float(_env("QUORUMKV_ANTIENTROPY_INTERVAL", "10") or 10),
+                       default=_env("QUORUMKV_ANTIENTROPY_INTERVAL", "10"),
                        help="seconds between anti-entropy rounds, each with a random peer, "
                             "after the start-up round with every peer (default 10) "
                             "[QUORUMKV_ANTIENTROPY_INTERVAL]")
-    serve.add_argument("--max-value-bytes", type=int, default=MAX_VALUE_BYTES,
-                       help=f"largest value accepted (default {MAX_VALUE_BYTES})")
+    serve.add_argument("--max-value-bytes", type=int,
+                       default=_env("QUORUMKV_MAX_VALUE_BYTES", str(MAX_VALUE_BYTES)),
+                       help=f"largest value accepted (default {MAX_VALUE_BYTES}) "
+                            "[QUORUMKV_MAX_VALUE_BYTES]")
     serve.add_argument("--log-level", default=_env("QUORUMKV_LOG_LEVEL", "INFO"),
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+                       choices=LOG_LEVELS, type=str.upper,
+                       help="least severe log level written (default INFO) "
+                            "[QUORUMKV_LOG_LEVEL]")
 
     local = sub.add_parser("local", help="run N replicas on 127.0.0.1 (no Kubernetes)",
                            description="Start N replicas on 127.0.0.1, ports P..P+N-1, print "
@@ -112,6 +119,9 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         raise SettingsError("--node-id (or QUORUMKV_NODE_ID) is required")
     if not args.data_dir:
         raise SettingsError("--data-dir (or QUORUMKV_DATA_DIR) is required")
+    if args.log_level not in LOG_LEVELS:  # argparse checks choices on the command line only
+        raise SettingsError(f"--log-level (or QUORUMKV_LOG_LEVEL) must be one of "
+                            f"{', '.join(LOG_LEVELS)}, got {args.log_level!r}")
     host, port = parse_listen(args.listen)
     peers = parse_peers(args.peer or [os.environ.get("QUORUMKV_PEERS", "")])
     if not peers:

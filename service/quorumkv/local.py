@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import FrameType
@@ -68,7 +70,7 @@ def run_local(replicas: int, base_port: int, data_dir: str | None) -> int:
 def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]],
                 stopping: object) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT
-    pending = set(urls)
+    pending = {url: "not answering" for url in urls}  # each with why it is not ready
     while pending and time.monotonic() < deadline:
         if stopping() or any(p.poll() is not None for p in procs):  # type: ignore[operator]
             return False
@@ -76,11 +78,26 @@ def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]],
             try:
                 with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
                     if resp.status == 200:
-                        pending.discard(url)
+                        del pending[url]
+            except urllib.error.HTTPError as exc:  # 503 says why
+                pending[url] = _reason(exc.read())
             except OSError:
                 pass
         time.sleep(0.2)
     if pending:
-        print(f"quorumkv local: not ready after {READY_TIMEOUT:.0f}s: {', '.join(sorted(pending))}",
+        print(f"quorumkv local: not ready after {READY_TIMEOUT:.0f}s: "
+              + "; ".join(f"{url} ({reason})" for url, reason in sorted(pending.items())),
               file=sys.stderr)
+        if any("not a member" in reason for reason in pending.values()):
+            print("quorumkv local: the data directory holds a cluster with other members: "
+                  "start it with the --replicas it had, or use another --data-dir (a running "
+                  "cluster gains members through a membership change: README, Scaling)",
+                  file=sys.stderr)
     return not pending
+
+
+def _reason(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["reason"])
+    except (ValueError, KeyError, TypeError):
+        return "not ready"

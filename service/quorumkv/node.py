@@ -26,7 +26,7 @@ from quorumkv.replication.reconfig import MembershipChanger
 from quorumkv.replication.tombstones import TombstoneCollector
 from quorumkv.replication.transport import PeerLink
 from quorumkv.settings import ServeSettings
-from quorumkv.storage.base import Storage
+from quorumkv.storage.base import Storage, StorageError
 from quorumkv.storage.committer import GroupCommitter
 from quorumkv.storage.log import LogStorage
 from quorumkv.storage.memory import MemoryStorage
@@ -48,7 +48,10 @@ def open_storage(settings: ServeSettings) -> tuple[Storage, str, int]:
     The incarnation is created with the directory and never changes; the boot counter is
     bumped durably before anything else happens, so ballots of this run are new.
     """
-    disk = LogStorage(settings.data_dir)
+    try:
+        disk = LogStorage(settings.data_dir)
+    except OSError as exc:  # not a directory, not writable, unreadable: the operator's to fix
+        raise StorageError(f"cannot open the data directory: {exc}") from None
     incarnation = disk.get_meta("incarnation") or uuid.uuid4().hex
     boot = int(disk.get_meta("boot") or "0") + 1
     disk.commit({}, {"incarnation": incarnation, "boot": str(boot)})

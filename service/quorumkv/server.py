@@ -26,7 +26,7 @@ log = logging.getLogger("quorumkv.server")
 GIL_SWITCH_INTERVAL = 0.0005
 
 
-EXIT_STORAGE = 3  # the data directory is in use, or not a QuorumKV one
+EXIT_STORAGE = 3  # the data directory cannot be opened, is in use, or is not a QuorumKV one
 EXIT_LISTEN = 5  # the listen address is taken, or not one of this host's
 MAX_LINE = 16 * 1024
 SHUTDOWN_GRACE = 10.0  # seconds for requests in progress to be answered

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from jepsen.procs import free_port
@@ -143,38 +144,63 @@ def test_an_unreachable_endpoint_is_status_3_with_the_reason() -> None:
     assert run.returncode == 3 and f"cannot reach {url}".encode() in run.stderr
 
 
+class Bad(NamedTuple):
+    args: list[str]
+    message: str
+    env: dict[str, str] = {}  # noqa: RUF012 - never mutated
+
+
 BAD_FLAGS = [
-    (["serve", "--data-dir", "{d}"], "--node-id (or QUORUMKV_NODE_ID) is required"),
-    (["serve", "--node-id", "0"], "--data-dir (or QUORUMKV_DATA_DIR) is required"),
-    (["serve", "--node-id", "0", "--data-dir", "{d}", "--listen", "7000"],
-     "--listen must be HOST:PORT, got '7000'"),
-    (["serve", "--node-id", "0", "--data-dir", "{d}", "--peer", "0"],
-     "a peer must be ID=URL, got '0'"),
-    (["serve", "--node-id", "0", "--data-dir", "{d}", "--peer", "0=127.0.0.1:7000"],
-     "peer 0: '127.0.0.1:7000' is not an http(s) URL"),
-    (["serve", "--node-id", "3", "--data-dir", "{d}", "--peer", "0=http://127.0.0.1:7000"],
-     "--node-id '3' is not among the peers (0)"),
-    (["serve", "--node-id", "0", "--data-dir", "{d}", "--request-timeout", "0"],
-     "must be positive"),
-    (["serve", "--node-id", "0", "--data-dir", "{d}", "--log-level", "LOUD"],
-     "invalid choice: 'LOUD'"),
-    (["local", "--replicas", "10", "--data-dir", "{d}"], "--replicas must be between 1 and 9"),
-    (["local", "--base-port", "80", "--data-dir", "{d}"], "--base-port must leave room"),
-    (["put", "k"], "the following arguments are required: value"),
-    (["get", "k", "--endpoint", "127.0.0.1:7000"],
-     "--endpoint: '127.0.0.1:7000' is not an http(s) URL"),
-    (["get", "k", "--timeout", "0"], "--timeout must be positive"),
-    (["get", "k", "--timeout", "soon"], "invalid float value: 'soon'"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    Bad(["serve", "--data-dir", "{d}"], "--node-id (or QUORUMKV_NODE_ID) is required"),
+    Bad(["serve", "--node-id", "0"], "--data-dir (or QUORUMKV_DATA_DIR) is required"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--listen", "7000"],
+        "--listen must be HOST:PORT, got '7000'"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--peer", "0"],
+        "a peer must be ID=URL, got '0'"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--peer", "0=127.0.0.1:7000"],
+        "peer 0: '127.0.0.1:7000' is not an http(s) URL"),
+    Bad(["serve", "--node-id", "3", "--data-dir", "{d}", "--peer", "0=http://127.0.0.1:7000"],
+        "--node-id '3' is not among the peers (0)"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--request-timeout", "0"],
+        "must be positive"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}"],
+        "argument --request-timeout: invalid float value: 'soon'",
+        {"QUORUMKV_REQUEST_TIMEOUT": "soon"}),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--log-level", "LOUD"],
+        "invalid choice: 'LOUD'"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}"],
+        "--log-level (or QUORUMKV_LOG_LEVEL) must be one of DEBUG, INFO, WARNING, ERROR",
+        {"QUORUMKV_LOG_LEVEL": "loud"}),
+    Bad(["local", "--replicas", "10", "--data-dir", "{d}"],
+        "--replicas must be between 1 and 9"),
+    Bad(["local", "--base-port", "80", "--data-dir", "{d}"], "--base-port must leave room"),
+    Bad(["put", "k"], "the following arguments are required: value"),
+    Bad(["get", "k", "--endpoint", "127.0.0.1:7000"],
+        "--endpoint: '127.0.0.1:7000' is not an http(s) URL"),
+    Bad(["get", "k"], "--endpoint: 'localhost' is not an http(s) URL",
+        {"QUORUMKV_ENDPOINT": "localhost"}),
+    Bad(["get", "k", "--timeout", "0"], "--timeout must be positive"),
+    Bad(["get", "k", "--timeout", "soon"], "invalid float value: 'soon'"),
+    Bad(["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), BAD_FLAGS, ids=[m for _, m in BAD_FLAGS])
+@pytest.mark.parametrize("bad", BAD_FLAGS, ids=[bad.message for bad in BAD_FLAGS])
 def test_a_bad_flag_is_refused_with_a_clear_message_and_touches_nothing(
-        args: list[str], message: str, tmp_path: Path) -> None:
+        bad: Bad, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    run = cli(*(arg.format(d=data_dir) for arg in args))
+    run = cli(*(arg.format(d=data_dir) for arg in bad.args), env=bad.env)
     assert run.returncode == 2
-    assert message in run.stderr.decode(), run.stderr.decode()
+    assert bad.message in run.stderr.decode(), run.stderr.decode()
     assert b"Traceback" not in run.stderr
     assert not data_dir.exists()
+
+
+def test_a_data_directory_it_cannot_use_is_status_3_with_the_reason(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"precious")
+    run = cli("serve", "--node-id", "0", "--data-dir", str(not_a_dir),
+              "--listen", f"127.0.0.1:{free_port(['127.0.0.1'])}")
+    assert run.returncode == 3 and b"Traceback" not in run.stderr
+    assert b'"msg":"cannot start on this data directory"' in run.stderr
+    assert b"File exists" in run.stderr and not_a_dir.read_bytes() == b"precious"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from pathlib import Path
@@ -199,5 +200,15 @@ async def test_fresh_replicas_never_bootstrap_a_cluster_of_their_own(tmp_path: P
         info = await cluster_view(replicas.urls["1"])
         assert [m["id"] for m in info["members"]] == ["0"] and not info["ready"]  # type: ignore[union-attr]
         await assert_all_readable(replicas.urls["0"], {"k": b"v"})
+        # waiting to be added, they heartbeat the member 4 times a second: it says so once
+        # each; and dropping each other as peers on learning the configuration broke nothing
+        await asyncio.sleep(1)
+        refused = [(entry["peer"], entry["incarnation"]) for entry in map(
+            json.loads, replicas.log("0").splitlines())
+            if entry["msg"] == "refused a peer of unknown identity"]
+        assert {peer for peer, _ in refused} == {"1", "2"}
+        assert len(refused) == len(set(refused))  # once per identity (and per run of node 0)
+        for node in ("0", "1", "2"):
+            assert '"level":"error"' not in replicas.log(node), replicas.log(node)[-3000:]
     finally:
         replicas.stop_all()

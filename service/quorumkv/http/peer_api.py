@@ -128,9 +128,11 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
     if envelope.messages and not membership.config.initialized:
         return _refuse(node, "not_initialized", "this replica has not joined a cluster yet")
     if not membership.admits(envelope.sender, envelope.incarnation):
-        log.warning("refused a peer of unknown identity", extra={
-            "peer": envelope.sender, "incarnation": envelope.incarnation,
-            "known": membership.known_incarnation(envelope.sender)})
+        if membership.first_refusal(envelope.sender, envelope.incarnation):
+            log.warning("refused a peer of unknown identity", extra={
+                "peer": envelope.sender, "incarnation": envelope.incarnation,
+                "known": membership.known_incarnation(envelope.sender),
+                "epoch": membership.config.epoch})
         return _refuse(node, "unknown_identity",
                        f"node {envelope.sender!r} is not a voting member as incarnation "
                        f"{envelope.incarnation}")

@@ -63,6 +63,8 @@ class AntiEntropy:
             pending = [p for p in self._links if p not in self.synced_with]
             targets = pending or [random.choice(list(self._links))] if self._links else []
             for peer in targets:
+                if peer not in self._links:  # no longer a member since the round began
+                    continue
                 try:
                     await self.sync_with(peer)
                 except PeerUnavailable:

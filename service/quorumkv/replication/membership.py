@@ -54,6 +54,7 @@ class Membership:
         self._listeners: list[Callable[[Config], None]] = []
         self._on_join: Callable[[], asyncio.Future[None] | None] | None = None
         self.refused_by: set[str] = set()  # peers that know this node id as another incarnation
+        self._refusals_told: set[tuple[str, str]] = set()  # see `first_refusal`
 
     def on_change(self, listener: Callable[[Config], None]) -> None:
         self._listeners.append(listener)
@@ -68,6 +69,7 @@ class Membership:
         if config.epoch <= self.config.epoch:
             return None
         old, self.config = self.config, config
+        self._refusals_told.clear()
         joined = self.node_id in config.voters and not (
             old.initialized and self.node_id in old.voters)
         forgotten = self._on_join() if joined and self._on_join is not None else None
@@ -99,6 +101,14 @@ class Membership:
             self._persist(META_INCARNATION + node, incarnation)
             return True
         return known == incarnation
+
+    def first_refusal(self, node: str, incarnation: str) -> bool:
+        """Whether refusing `node` as `incarnation` is news under this configuration. A
+        replica waiting to be added heartbeats every member four times a second until it is:
+        the operator of the system needs one log line for that, not four a second."""
+        told = (node, incarnation) in self._refusals_told
+        self._refusals_told.add((node, incarnation))
+        return not told
 
     def known_incarnation(self, node: str) -> str | None:
         return self._known.get(node)
