@@ -32,6 +32,7 @@ log = logging.getLogger("quorumkv.membership")
 
 META_INCARNATION = "incarnation:"
 META_CONFIG = "config"
+MAX_REFUSALS_TOLD = 1024
 
 Persist = Callable[[str, str], "asyncio.Future[None]"]
 
@@ -107,6 +108,8 @@ class Membership:
         replica waiting to be added heartbeats every member four times a second until it is:
         the operator of the system needs one log line for that, not four a second."""
         told = (node, incarnation) in self._refusals_told
+        if len(self._refusals_told) >= MAX_REFUSALS_TOLD:  # strangers cannot grow it for good
+            self._refusals_told.clear()
         self._refusals_told.add((node, incarnation))
         return not told
 
