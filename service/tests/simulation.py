@@ -386,6 +386,12 @@ class Simulation:
             client.proposal, action = proposer.on_silence(client.proposal)
             assert action is not None
             self.act(client, action)
+        elif client.retry_at is None and client.proposal.phase is proposer.Phase.PREPARE \
+                and client.proposal.rejected and not client.proposal.voted \
+                and self.rng.random() < READ_PATIENCE:
+            # refused by some voter while the others stay silent: the coordinator tries a
+            # ballot above the refusal once the rest have failed (e.g. are known down)
+            self.act(client, proposer.Retry(client.proposal.highest_seen))
         elif client.retry_at is not None and self.now >= client.retry_at:
             client.retry_at = None
             prop = client.proposal

@@ -190,8 +190,12 @@ class Coordinator:
                 self._remember(key, action, prop.config.epoch)
                 return action.outcome, action.register
             self._promised.pop(key, None)
+            # Nothing accepted yet, and a voter refused our ballot while the others failed
+            # (e.g. a replica that restarted and raised its floor, while another is down):
+            # a ballot above the refusal may win them over; as is, every attempt would fail.
             restart = isinstance(action, Retry | NotSent) or (
-                action is None and not prop.voted and self._epoch_changed(prop))
+                action is None and not prop.voted
+                and (bool(prop.rejected) or self._epoch_changed(prop)))
             if restart:
                 attempts += 1
                 self._observe("conflict")
