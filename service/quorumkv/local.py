@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -35,11 +36,11 @@ def run_local(replicas: int, base_port: int, data_dir: str | None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for node, url in urls.items():
-        cmd = [sys.executable, "-m", "quorumkv", "serve", "--node-id", node,
-               "--listen", url.removeprefix("http://"), "--data-dir", str(root / f"node-{node}"),
-               *peers]
-        procs.append(subprocess.Popen(cmd))
+    commands = {node: ["serve", "--node-id", node, "--listen", url.removeprefix("http://"),
+                       "--data-dir", str(root / f"node-{node}"), *peers]
+                for node, url in urls.items()}
+    for command in commands.values():
+        procs.append(subprocess.Popen([sys.executable, "-m", "quorumkv", *command]))
     try:
         if _wait_ready(list(urls.values()), procs, lambda: stopping):
             print(f"QuorumKV: {replicas} replicas ready, data in {root}", flush=True)
@@ -47,15 +48,22 @@ def run_local(replicas: int, base_port: int, data_dir: str | None) -> int:
                 print(f"  replica {node}: {url}", flush=True)
             print(f"Try: quorumkv put hello world --endpoint {urls['0']}  "
                   "(Ctrl-C stops them all)", flush=True)
-        while not stopping and all(p.poll() is None for p in procs):
-            time.sleep(0.2)
-        crashed = [f"{i} (status {p.returncode})" for i, p in enumerate(procs)
-                   if p.poll() not in (None, 0)]
-        if crashed and not stopping:
-            print(f"quorumkv local: replica {', '.join(crashed)} exited, its error is logged "
-                  "above; stopping all", file=sys.stderr)
+        elif not stopping and any(p.poll() is not None for p in procs):
+            crashed = [f"{i} (status {p.returncode})" for i, p in enumerate(procs)
+                       if p.poll() is not None]
+            print(f"quorumkv local: replica {', '.join(crashed)} could not start, its error "
+                  "is logged above; stopping all", file=sys.stderr)
             return 1
-        return 0
+        gone: set[int] = set()  # once up, a replica that dies (kill -9) leaves the others be
+        while not stopping and len(gone) < len(procs):
+            for i, p in enumerate(procs):
+                if i not in gone and p.poll() is not None:
+                    gone.add(i)
+                    print(f"quorumkv local: replica {i} exited (status {p.returncode}); the "
+                          "others go on. To start it again on its data: quorumkv "
+                          + shlex.join(commands[str(i)]), file=sys.stderr, flush=True)
+            time.sleep(0.2)
+        return 0 if stopping else 1
     finally:
         for p in procs:
             if p.poll() is None:

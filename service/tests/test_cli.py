@@ -56,6 +56,19 @@ class LocalCluster:
             assert time.monotonic() < deadline, f"not ready:\n{self.text()[-3000:]}"
             time.sleep(0.2)
 
+    def replica_pid(self, node: str) -> int:
+        """The pid of the `quorumkv serve` process `local` started for `node`."""
+        for entry in Path("/proc").iterdir():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            if parent == self.proc.pid and args[args.index(b"--node-id") + 1:][:1] == [
+                    node.encode()]:
+                return int(entry.name)
+        raise AssertionError(f"no replica {node} under pid {self.proc.pid}")
+
     def text(self) -> str:
         return self.output.read_text(errors="replace")
 
@@ -107,6 +120,12 @@ def test_quick_start_local_cluster_then_the_client_commands(local: LocalCluster,
     assert b"greeting: not found" in missing.stderr
     assert cli("delete", "greeting", "--endpoint", third).returncode == 1
 
+    # as the README says: kill -9 one replica and keep writing, through the others
+    os.kill(local.replica_pid("1"), signal.SIGKILL)
+    assert cli("put", "after-kill", "x", "--endpoint", first).returncode == 0
+    assert cli("get", "after-kill", "--endpoint", third).stdout == b"x"
+    assert "replica 1 exited (status -9); the others go on" in local.text()
+
     # Ctrl-C stops every replica; started again on the same data, nothing is lost
     assert local.stop() == 0
     for url in local.urls:
@@ -132,10 +151,10 @@ def test_local_says_which_replica_could_not_start_and_stops_the_others(tmp_path:
                              check=False)
     assert run.returncode == 1 and time.monotonic() - started < 30
     assert b'"msg":"cannot listen"' in run.stderr and b"Traceback" not in run.stderr
-    assert b"replica 1 (status 5) exited" in run.stderr
+    assert b"replica 1 (status 5) could not start" in run.stderr
     for port in (base, base + 2):  # the others were stopped, not left behind
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", port))
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def test_an_unreachable_endpoint_is_status_3_with_the_reason() -> None:
