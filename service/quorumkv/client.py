@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from quorumkv.placement import rendezvous_order
 
@@ -72,9 +73,13 @@ def new_session(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
     return session
 
 
-def key_path(key: str) -> str:
-    """The URL path of a key: percent-encoded UTF-8, `/` included."""
-    return "/v1/kv/" + quote(key, safe="")
+def key_url(base: str, key: str) -> URL:
+    """The URL of a key under `base`: percent-encoded UTF-8, `/` included, taken as encoded
+    so that no URL library resolves the keys `.` and `..` as dot segments."""
+    encoded = quote(key, safe="")
+    if encoded in (".", ".."):
+        encoded = encoded.replace(".", "%2E")
+    return URL(base + "/v1/kv/" + encoded, encoded=True)
 
 
 class Client:
@@ -166,14 +171,14 @@ class Client:
         """Send a key request to the key's home (with `route_keys`) or to the endpoint."""
         url = await self._route(key)
         try:
-            return await self._http().request(method, url + key_path(key), **kwargs)
+            return await self._http().request(method, key_url(url, key), **kwargs)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if url == self.endpoint:
                 raise
             self._down_until[url] = time.monotonic() + DOWN_FOR
             if method != "GET" and not isinstance(exc, aiohttp.ClientConnectorError):
                 raise  # a write that may have been applied: never resent
-        return await self._http().request(method, self.endpoint + key_path(key), **kwargs)
+        return await self._http().request(method, key_url(self.endpoint, key), **kwargs)
 
     async def _route(self, key: str) -> str:
         """The base URL for `key`: its home's while routing keys, else the endpoint."""

@@ -35,10 +35,19 @@ async def run_client_command(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
 
 
+def entity_tag(version: str | None) -> str | None:
+    """`--if-match` as an HTTP entity tag. The version printed as `"5.0.1"` reaches us
+    without its quotes when pasted into a shell, and a bare tag never matches."""
+    if version is None or version == "*" or version.startswith(('"', 'W/"')):
+        return version
+    return f'"{version}"'
+
+
 async def _run(client: Client, args: argparse.Namespace) -> int:
+    if_match = entity_tag(getattr(args, "if_match", None))
     if args.command == "put":
         value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
-        result = await client.put(args.key, value, if_match=args.if_match,
+        result = await client.put(args.key, value, if_match=if_match,
                                   create_only=args.create_only)
         print(f"{'created' if result.created else 'replaced'} {args.key} "
               f"version {result.etag}", file=sys.stderr)
@@ -53,7 +62,7 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
         sys.stdout.flush()
         return EXIT_OK
-    deleted = await client.delete(args.key, if_match=args.if_match)
+    deleted = await client.delete(args.key, if_match=if_match)
     if not deleted:
         print(f"quorumkv delete: {args.key}: not found", file=sys.stderr)
         return EXIT_MISSING

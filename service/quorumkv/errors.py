@@ -32,6 +32,11 @@ class ValueTooLarge(ServiceError):
     error = "value_too_large"
 
 
+class UnsupportedEncoding(ServiceError):
+    status = 415
+    error = "unsupported_content_encoding"
+
+
 class QuorumUnavailable(ServiceError):
     """No quorum answered in time.
 

@@ -79,8 +79,10 @@ def run_server(settings: ServeSettings) -> int:
 
 async def _serve(settings: ServeSettings) -> int:
     # long request lines: a 1024-byte key percent-encoded takes up to ~9 KiB
+    # auto_decompress off: a value is the body's bytes, never something aiohttp inflated
     runner = web.AppRunner(make_app(settings), access_log=None, handle_signals=False,
-                           max_line_size=MAX_LINE, max_field_size=MAX_LINE)
+                           max_line_size=MAX_LINE, max_field_size=MAX_LINE,
+                           auto_decompress=False)
     await runner.setup()
     _tune_gc()
     assert runner.server is not None

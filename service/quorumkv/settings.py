@@ -85,6 +85,8 @@ def read_token(path: str | None) -> str | None:
         token = Path(path).read_text().strip()
     except OSError as exc:
         raise SettingsError(f"cannot read the auth token file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"the auth token file {path} is not UTF-8 text") from None
     if not token:
         raise SettingsError(f"the auth token file {path} is empty")
     return token

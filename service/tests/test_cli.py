@@ -106,9 +106,15 @@ def test_quick_start_local_cluster_then_the_client_commands(local: LocalCluster,
     assert stale.returncode == 1 and b"precondition failed" in stale.stderr
     exists = cli("put", "greeting", "x", "--create-only", "--endpoint", first)
     assert exists.returncode == 1 and b"precondition failed" in exists.stderr
-    cas = cli("put", "greeting", "cas", "--if-match", etag, "--endpoint", third)
-    assert cas.returncode == 0
+    # the version as printed, pasted into a shell, which strips its quotes
+    cas = cli("put", "greeting", "cas", "--if-match", etag.strip('"'), "--endpoint", third)
+    assert cas.returncode == 0, cas.stderr
     assert cli("get", "greeting", env={"QUORUMKV_ENDPOINT": second}).stdout == b"cas"
+
+    for key in (".", ".."):  # keys like any other, though URLs resolve such segments away
+        assert cli("put", key, f"dots {key}", "--endpoint", first).returncode == 0
+    assert cli("get", "..", "--endpoint", second).stdout == b"dots .."
+    assert cli("get", ".", "--endpoint", third).stdout == b"dots ."
 
     blob = bytes(range(256)) * 4
     assert cli("put", "blob", "-", "--endpoint", second, stdin=blob).returncode == 0
@@ -213,6 +219,16 @@ def test_a_bad_flag_is_refused_with_a_clear_message_and_touches_nothing(
     assert bad.message in run.stderr.decode(), run.stderr.decode()
     assert b"Traceback" not in run.stderr
     assert not data_dir.exists()
+
+
+def test_a_token_file_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(b"tok\xe9n")
+    run = cli("serve", "--node-id", "0", "--data-dir", str(tmp_path / "data"),
+              "--auth-token-file", str(token))
+    assert run.returncode == 2 and b"Traceback" not in run.stderr
+    assert f"the auth token file {token} is not UTF-8 text".encode() in run.stderr
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_data_directory_it_cannot_use_is_status_3_with_the_reason(tmp_path: Path) -> None:

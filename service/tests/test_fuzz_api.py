@@ -290,17 +290,61 @@ def test_garbage_if_match_is_412_and_changes_nothing(fuzzed: Fuzzed, method: str
     fuzzed.assert_sentinel_unchanged()
 
 
-@pytest.mark.parametrize(("what", "headers", "expected"), [
-    ("If-None-Match other than *", [b'If-None-Match: "abc"'], 400),
-    ("If-Match with If-None-Match", [b"If-Match: *", b"If-None-Match: *"], 400),
+@pytest.mark.parametrize(("what", "method", "headers"), [
+    ("If-None-Match other than *", "PUT", [b'If-None-Match: "abc"']),
+    ("If-Match with If-None-Match", "PUT", [b"If-Match: *", b"If-None-Match: *"]),
+    ("If-None-Match on DELETE", "DELETE", [b"If-None-Match: *"]),
+    ("If-None-Match of its version on DELETE", "DELETE", [b"If-None-Match: {etag}"]),
 ])
-def test_bad_precondition_combinations_are_400(fuzzed: Fuzzed, what: str,
-                                               headers: list[bytes], expected: int) -> None:
+def test_bad_precondition_combinations_are_400(fuzzed: Fuzzed, what: str, method: str,
+                                               headers: list[bytes]) -> None:
+    """A precondition the API cannot honour is refused, never dropped: a DELETE that
+    ignored it would delete what the client made sure it would not."""
+    headers = [h.replace(b"{etag}", fuzzed.sentinel_etag.encode()) for h in headers]
+    body = b"new" if method == "PUT" else b""
     status, _, data = raw_exchange(
-        fuzzed.port("2"),
-        head("PUT", key_path(SENTINEL_KEY).encode(), *headers, b"Content-Length: 3"), b"new")
-    assert_json_error(status, data, expected)
+        fuzzed.port("2"), head(method, key_path(SENTINEL_KEY).encode(), *headers,
+                               b"Content-Length: %d" % len(body)), body)
+    assert_json_error(status, data, 400)
     fuzzed.assert_sentinel_unchanged()
+
+
+def test_repeated_if_match_lines_are_one_list(fuzzed: Fuzzed) -> None:
+    path = key_path("fuzz-two-if-match")
+    assert settled(fuzzed.port("0"), "PUT", path, b"v1")[0] in (200, 201)
+    etag = settled(fuzzed.port("0"), "GET", path)[1]["etag"]
+    for port in (fuzzed.port("1"), fuzzed.port("2")):
+        status, headers, _ = raw_exchange(port, head(
+            "PUT", path.encode(), b'If-Match: "other"', b"If-Match: " + etag.encode(),
+            b"Content-Length: 2"), b"v2")
+        assert status == 200, status
+        etag = headers["etag"]
+
+
+@pytest.mark.parametrize(("what", "framing", "body"), [
+    ("gzip, Content-Length (the lean path)", [b"Content-Length: 20"], b"\x1f\x8b" + b"x" * 18),
+    ("gzip, chunked (aiohttp)", [b"Transfer-Encoding: chunked"], b"14\r\n" + b"y" * 20
+     + b"\r\n0\r\n\r\n"),
+])
+def test_an_encoded_body_is_415_and_changes_nothing(fuzzed: Fuzzed, what: str,
+                                                    framing: list[bytes], body: bytes) -> None:
+    """A value is the body as sent: an encoded one is refused on both front ends, rather
+    than stored inflated by one and as sent by the other (or a 500 for a broken gzip)."""
+    status, _, data = raw_exchange(fuzzed.port("1"), head(
+        "PUT", key_path(SENTINEL_KEY).encode(), b"Content-Encoding: gzip", *framing), body)
+    assert_json_error(status, data, 415)
+    fuzzed.assert_sentinel_unchanged()
+
+
+def test_an_absolute_form_target_names_the_key_of_its_path(fuzzed: Fuzzed) -> None:
+    """Proxies send `PUT http://host/v1/kv/k`: that is key `k`, not `host/v1/kv/k`."""
+    target = b"http://127.0.0.1:%d/v1/kv/fuzz-absolute%%2Fform" % fuzzed.port("0")
+    status, _, _ = raw_exchange(fuzzed.port("0"), head("PUT", target, b"Content-Length: 3"),
+                                b"abs")
+    assert status == 201, status
+    assert settled(fuzzed.port("1"), "GET", key_path("fuzz-absolute/form"))[2] == b"abs"
+    status, _, body = raw_exchange(fuzzed.port("2"), head("GET", target))
+    assert (status, body) == (200, b"abs")
 
 
 @pytest.mark.parametrize(("what", "request_head"), [

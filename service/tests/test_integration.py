@@ -7,6 +7,8 @@ import io
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -565,6 +567,29 @@ async def test_peer_endpoints_need_the_token(tmp_path: Path) -> None:
                 with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                     await http.ws_connect(stream, headers=headers)
                 assert refused.value.status == 401
+        port = int(replicas.urls["1"].rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(b"GET /internal/v1/membership HTTP/1.1\r\nHost: x\r\n"
+                        b"Authorization: Bearer s3cret\xe9\r\nConnection: close\r\n\r\n")
+            assert raw.recv(64).startswith(b"HTTP/1.1 401 ")  # not 500 for a non-UTF-8 token
+        # a replica given the wrong token says why its peers are unreachable
+        replicas.kill("2")
+        wrong = tmp_path / "wrong-token"
+        wrong.write_text("not-the-token")
+        command = [str(wrong) if arg == str(replicas.token_file) else arg
+                   for arg in replicas.command("2")]
+        log_path = tmp_path / "wrong-token.log"
+        with log_path.open("ab") as log:
+            stranger = subprocess.Popen(command, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 15
+            while "401" not in log_path.read_text():
+                assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+                await asyncio.sleep(0.2)
+            assert '"msg":"peer unreachable"' in log_path.read_text()
+        finally:
+            stranger.kill()
+            stranger.wait()
     finally:
         replicas.stop_all()
 

@@ -25,7 +25,9 @@ def requires_token(handler: Handler) -> Handler:
         token = request.app[NODE].settings.auth_token
         if token is not None:
             given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            # aiohttp keeps bytes that are not UTF-8 as surrogates: give them back as bytes
+            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                       f"Bearer {token}".encode()):
                 return error_response(401, "unauthorized",
                                       "peer requests need `Authorization: Bearer <token>`",
                                       {"WWW-Authenticate": "Bearer"})

@@ -26,6 +26,7 @@ async def get_key(request: web.Request) -> web.Response:
 async def put_key(request: web.Request) -> web.Response:
     node = request.app[NODE]
     key = kv.key_of(request.raw_path)
+    kv.check_encoding(request.headers.get("Content-Encoding"))
     if request.content_length is not None:
         kv.check_length(node, request.content_length)
     change = kv.put_change(b"", _header(request, "If-Match"), _header(request, "If-None-Match"))
@@ -40,8 +41,8 @@ async def put_key(request: web.Request) -> web.Response:
 
 @routes.delete(KEY_ROUTE)
 async def delete_key(request: web.Request) -> web.Response:
-    return _response(await kv.delete(request.app[NODE], kv.key_of(request.raw_path),
-                                     _header(request, "If-Match")))
+    change = kv.delete_change(_header(request, "If-Match"), _header(request, "If-None-Match"))
+    return _response(await kv.delete(request.app[NODE], kv.key_of(request.raw_path), change))
 
 
 def _response(answer: kv.Answer) -> web.Response:
@@ -53,9 +54,10 @@ def _response(answer: kv.Answer) -> web.Response:
 def _header(request: web.Request, name: str) -> str | None:
     """A header as clean text: aiohttp keeps undecodable bytes as lone surrogates, which no
     entity tag of ours contains (so they only fail to match) but nothing can encode."""
-    value = request.headers.get(name)
-    if value is None:
+    values = request.headers.getall(name, None)
+    if values is None:
         return None
+    value = ", ".join(values)  # repeated lines are one list (RFC 9110, 5.3)
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 

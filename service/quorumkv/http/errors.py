@@ -46,6 +46,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         error = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, error, exc.text or exc.reason,
                               {k: v for k, v in exc.headers.items() if k == "Allow"})
+    except ConnectionError as exc:  # the client went away mid-request: nobody to answer
+        log.info("client connection lost", extra={
+            "method": request.method, "path": request.path, "error": str(exc)})
+        return error_response(400, "connection_lost", str(exc))
     except Exception:
         log.exception("unexpected error", extra={"method": request.method, "path": request.path})
         return error_response(500, "internal_error", "see the replica's log")

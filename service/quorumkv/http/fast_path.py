@@ -48,7 +48,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 _TARGET = re.compile(rb"/v1/kv/[!$&'()*+,;=:@/%\-.~?0-9A-Za-z_]+")
 # headers that change how the message is framed or answered: aiohttp's to handle
-_HAND_OVER_HEADERS = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+_HAND_OVER_HEADERS = frozenset((b"transfer-encoding", b"expect", b"upgrade",
+                                b"content-encoding"))
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _SERVER = b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
 
@@ -129,7 +130,7 @@ async def answer(node: Node, request: Request) -> kv.Answer:
     if request.method == b"PUT":
         change = kv.put_change(request.body, request.if_match, request.if_none_match)
         return await kv.put(node, key, change)
-    return await kv.delete(node, key, request.if_match)
+    return await kv.delete(node, key, kv.delete_change(request.if_match, request.if_none_match))
 
 
 def encode_answer(answer: kv.Answer, close: bool) -> bytes:

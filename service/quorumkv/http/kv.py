@@ -18,6 +18,7 @@ from quorumkv.errors import (
     NotFound,
     PreconditionFailed,
     QuorumUnavailable,
+    UnsupportedEncoding,
     ValueTooLarge,
 )
 from quorumkv.node import Node
@@ -34,13 +35,27 @@ class Answer(NamedTuple):
 
 
 def key_of(raw_target: str) -> str:
-    """The key from the raw request target (path and query), percent-decoded by us,
-    strictly, so `%2F` stays in the key."""
+    """The key from the raw request target (path and query, or the absolute form that
+    proxies send: `http://host/v1/kv/...`), percent-decoded by us, strictly, so `%2F` stays
+    in the key."""
     raw = raw_target.split("?", 1)[0]
+    if not raw.startswith("/"):  # absolute form (RFC 9112, 3.2.2): the path after the host
+        _, sep, rest = raw.partition("://")
+        raw = rest[rest.find("/"):] if sep and "/" in rest else ""
+    if not raw.startswith(KV_PREFIX):
+        raise BadRequest(f"not a key path: {raw_target!r}")
     try:
         return decode_key(raw[len(KV_PREFIX):])
     except InvalidKey as exc:
         raise BadRequest(str(exc)) from None
+
+
+def check_encoding(content_encoding: str | None) -> None:
+    """Refuse a compressed value: a value is the body's bytes, and storing them while the
+    client meant the inflated ones would hand back something else than it wrote."""
+    if content_encoding is not None and content_encoding.strip().lower() != "identity":
+        raise UnsupportedEncoding(f"Content-Encoding {content_encoding!r} is not supported: "
+                                  "send the value as it is")
 
 
 def check_length(node: Node, length: int) -> None:
@@ -84,9 +99,17 @@ async def put(node: Node, key: str, change: Put) -> Answer:
     return Answer(status, register.etag or "")
 
 
-async def delete(node: Node, key: str, if_match: str | None) -> Answer:
+def delete_change(if_match: str | None, if_none_match: str | None) -> Delete:
+    """The change a DELETE asks for; a precondition it cannot honour is refused, never
+    dropped (deleting anyway would ignore what the client made sure of)."""
+    if if_none_match is not None:
+        raise BadRequest("If-None-Match is not supported on DELETE; use If-Match")
+    return Delete(if_match)
+
+
+async def delete(node: Node, key: str, change: Delete) -> Answer:
     started = time.perf_counter()
-    outcome, register = await _change(node, "delete", key, Delete(if_match), started)
+    outcome, register = await _change(node, "delete", key, change, started)
     if outcome is Outcome.DELETED:
         _observe(node, "delete", 204, started)
         return Answer(204)

@@ -216,10 +216,11 @@ class PeerLink:
 
     def _mark_down(self, reason: str) -> None:
         was_reachable, self.reachable = self.reachable, False
-        if was_reachable:
+        # once per change: a peer never reached, e.g. for a wrong token, is told of too
+        if was_reachable or reason != self.last_error:
             log.warning("peer unreachable", extra={"peer": self.peer_id, "reason": reason})
-            if self._on_down is not None:
-                self._on_down()
+        if was_reachable and self._on_down is not None:
+            self._on_down()
         self.last_error = reason
         pending, self._queue = self._queue, []
         for _, _, future in pending:  # still queued: never sent, so they did not happen there
