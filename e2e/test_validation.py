@@ -40,10 +40,24 @@ def v(kubectl: Kubectl, unwatched_namespace: str) -> Iterator[Kubectl]:
     ("{storage: {size: lots}}", "must be a positive quantity"),
     ("{storage: {size: '0'}}", "must be a positive quantity"),
     ("{storage: {reclaimPolicy: Sometimes}}", 'supported values: "Retain", "Delete"'),
+    # an empty class means "no class": claims that never bind, and immutable at that
+    ("{storage: {size: 1Gi, storageClassName: ''}}", "may not be empty"),
+    # what the StatefulSet would refuse later, out of the user's sight
+    ("{resources: {requests: {memory: 512Mi}, limits: {memory: 256Mi}}}",
+     "resources.requests may not exceed resources.limits"),
+    ("{resources: {limits: {cpu: abc}}}", "resources.limits must be quantities"),
+    ("{resources: {requests: {cpu: '-1'}}}", "resources.requests must be quantities"),
+    ("{resources: {limits: {foo: 1}}}", "resources.limits names must be cpu, memory"),
 ])
 def test_invalid_new_specs_are_refused(v: Kubectl, spec: str, message: str) -> None:
     err = refused(v, manifest("bad", spec), "--dry-run=server")
     assert message in err, err
+
+
+def test_sensible_resources_are_accepted(v: Kubectl) -> None:
+    v.apply(manifest("sized", "{resources: {requests: {cpu: 100m, memory: 64Mi}, "
+                              "limits: {cpu: 2, memory: 256Mi, example.com/device: 1}}}"),
+            "--dry-run=server")
 
 
 def test_defaults_are_applied_by_the_api_server(v: Kubectl) -> None:

@@ -104,7 +104,11 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        # no DNS cache: connections to peers are long-lived, so names are looked up only to
+        # reconnect, and then a restarted pod's new address must be found at once (aiohttp's
+        # 10 s cache kept peers dialling the old one: 8-13 s of 503s after a pod restart)
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True,
+                                         use_dns_cache=False,
                                          local_addr=_source_address(self.settings.listen_host))
         self._session = aiohttp.ClientSession(connector=connector)
         self._link_voters(self.membership.config)
