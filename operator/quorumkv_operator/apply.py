@@ -24,6 +24,12 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
 
+class NotOwned(Exception):
+    """An object by the name a KVCluster needs exists and is not that KVCluster's: it is
+    never taken over (a server-side apply would rewrite it, and deleting the KVCluster
+    would then delete it)."""
+
+
 class Kube:
     """The handful of API calls the operator makes, each one line of intent."""
 
@@ -48,18 +54,25 @@ class Kube:
         }[kind]
 
     def apply(self, manifest: Manifest) -> bool:
-        """Server-side apply; True when the object was created or changed."""
+        """Server-side apply; True when the object was created or changed. Raises
+        `NotOwned` for an object of that name that another owner (or nobody) has."""
         meta = manifest["metadata"]
         read, patch = self._calls(manifest["kind"])
-        before = self._resource_version(read, meta["name"], meta["namespace"])
+        existing = self._read(read, meta["name"], meta["namespace"])
+        if existing is not None:
+            owners = {ref.uid for ref in existing.metadata.owner_references or ()}
+            if not owners & {ref["uid"] for ref in meta["ownerReferences"]}:
+                raise NotOwned(f"{manifest['kind']}/{meta['name']} exists and does not belong "
+                               "to this KVCluster")
+        before = None if existing is None else existing.metadata.resource_version
         after = patch(meta["name"], meta["namespace"], manifest, field_manager=MANAGER,
                       force=True, _content_type=APPLY)
         return bool(before != after.metadata.resource_version)
 
     @staticmethod
-    def _resource_version(read: Callable[..., Any], name: str, namespace: str) -> str | None:
+    def _read(read: Callable[..., Any], name: str, namespace: str) -> Any:
         try:
-            return str(read(name, namespace).metadata.resource_version)
+            return read(name, namespace)
         except ApiException as e:
             if e.status == 404:
                 return None

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from quorumkv_operator import builders, scaling, status
-from quorumkv_operator.apply import Kube
+from quorumkv_operator.apply import Kube, NotOwned
 from quorumkv_operator.model import RECLAIM_DELETE, ClusterSpec
 from quorumkv_operator.probe import change_membership, memberships, observe_members
 from quorumkv_operator.settings import Settings
@@ -180,8 +180,12 @@ async def reconcile(
     ]
     changed = []
     for manifest in desired:
-        if await asyncio.to_thread(kube.apply, manifest):
-            changed.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+        try:
+            if await asyncio.to_thread(kube.apply, manifest):
+                changed.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+        except NotOwned as e:
+            events.append(("Warning", "ResourceConflict",
+                           f"{e}: left as it is; rename or delete it, or this KVCluster"))
     if changed:
         verb = "Created" if sts is None else "Updated"
         events.append(("Normal", verb, f"{verb.lower()} " + ", ".join(changed)))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from conftest import kvcluster
 from quorumkv_operator import reconcile
+from quorumkv_operator.apply import NotOwned
 from quorumkv_operator.settings import Settings
 from quorumkv_operator.status import Member
 
@@ -21,9 +22,12 @@ class FakeKube:
         self.secrets: dict[str, dict[str, Any]] = {}
         self.applied: list[str] = []
         self.expanded: list[tuple[list[str], str]] = []
+        self.foreign: set[tuple[str, str]] = set()  # objects of the names we need, not ours
 
     def apply(self, manifest: dict[str, Any]) -> bool:
         key = (manifest["kind"], manifest["metadata"]["name"])
+        if key in self.foreign:
+            raise NotOwned(f"{key[0]}/{key[1]} exists and does not belong to this KVCluster")
         self.applied.append(f"{key[0]}/{key[1]}")
         changed = self.objects.get(key) != manifest
         self.objects[key] = copy.deepcopy(manifest)
@@ -71,6 +75,18 @@ async def test_create_then_rerun_changes_nothing() -> None:
     _, events2 = await run(kube, kvcluster(spec={"replicas": 3}, status=st))
     assert events2 == []
     assert kube.secrets["demo-token"]["stringData"]["token"] == token
+
+
+async def test_an_object_of_someone_else_is_left_alone_and_reported() -> None:
+    """A Service `demo` that the user had before the KVCluster `demo` is not taken over
+    (a later `kubectl delete kvc demo` would delete it); the rest is made as usual."""
+    kube = FakeKube()
+    kube.foreign.add(("Service", "demo"))
+    _, events = await run(kube, kvcluster(spec={"replicas": 3}))
+    assert "Service/demo" not in kube.applied and "StatefulSet/demo" in kube.applied
+    conflicts = [e for e in events if e[1] == "ResourceConflict"]
+    assert len(conflicts) == 1 and conflicts[0][0] == "Warning"
+    assert "Service/demo exists and does not belong to this KVCluster" in conflicts[0][2]
 
 
 async def test_scale_request_without_reachable_replicas_waits() -> None:
