@@ -54,6 +54,12 @@ def test_invalid_new_specs_are_refused(v: Kubectl, spec: str, message: str) -> N
     assert message in err, err
 
 
+@pytest.mark.parametrize("name", ["has.dot", "7up", "x" * 53, "Upper"])
+def test_names_that_cannot_name_a_statefulset_are_refused(v: Kubectl, name: str) -> None:
+    err = refused(v, manifest(name, "{}"), "--dry-run=server")
+    assert "at most 52 lowercase letters" in err or "RFC 1123" in err, err
+
+
 def test_sensible_resources_are_accepted(v: Kubectl) -> None:
     v.apply(manifest("sized", "{resources: {requests: {cpu: 100m, memory: 64Mi}, "
                               "limits: {cpu: 2, memory: 256Mi, example.com/device: 1}}}"),

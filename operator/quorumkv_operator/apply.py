@@ -8,6 +8,7 @@ nothing, fields we stop sending are removed, and fields others own (e.g. an HPA'
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, cast
@@ -186,6 +187,14 @@ class Kube:
                     claim, namespace,
                     {"spec": {"resources": {"requests": {"storage": size}}}},
                     _content_type=MERGE)
-            except ApiException as e:
-                errors.append(f"{claim}: {e.status} {e.reason}")
+            except ApiException as e:  # the server's message says why (e.g. no expansion)
+                errors.append(f"{claim}: {e.status} {e.reason}: {_message(e)}")
         return errors
+
+
+def _message(e: ApiException) -> str:
+    """The API server's explanation in an error (its Status `message`), else its body."""
+    try:
+        return str(json.loads(e.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(e.body or "")[:300]
