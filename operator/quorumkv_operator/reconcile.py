@@ -164,10 +164,20 @@ async def reconcile(
     claim_size = _claim_size(sts)
     bootstrap = bootstrap_members(body, sts, spec.replicas)
 
-    token = builders.token_secret(spec, secrets.token_urlsafe(32))
-    if await asyncio.to_thread(kube.ensure_secret, token):
-        events.append(("Normal", "SecretCreated",
-                       f"peer token Secret {builders.token_secret_name(spec.name)} created"))
+    token_name = builders.token_secret_name(spec.name)
+    if sts is None:
+        token = builders.token_secret(spec, secrets.token_urlsafe(32))
+        if await asyncio.to_thread(kube.ensure_secret, token):
+            events.append(("Normal", "SecretCreated", f"peer token Secret {token_name} created"))
+    elif await asyncio.to_thread(kube.secret_value, token_name, spec.namespace,
+                                 builders.TOKEN_KEY) is None:
+        # a new token would split the replicas: those restarted with it could not talk to
+        # the others, which keep the old one; the old one is still in every running pod
+        events.append(("Warning", "PeerTokenMissing", (
+            f"Secret {token_name} is gone; a new token would cut restarted replicas off "
+            f"from the others, so none is made: recreate it with the one the replicas use, "
+            f"`kubectl create secret generic {token_name} --from-file={builders.TOKEN_KEY}="
+            f"<(kubectl exec {spec.name}-0 -- cat {builders.TOKEN_DIR}/{builders.TOKEN_KEY})`")))
     members, observed, peer_token = await observe(kube, settings, spec, body, sts)
     plan = scaling.resolve(observed)
     desired = [

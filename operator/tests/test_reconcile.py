@@ -77,6 +77,19 @@ async def test_create_then_rerun_changes_nothing() -> None:
     assert kube.secrets["demo-token"]["stringData"]["token"] == token
 
 
+async def test_a_deleted_token_secret_is_not_replaced_by_another_token() -> None:
+    """Running replicas keep the token they have; one restarted with a new one could not
+    talk to them. So a missing Secret is reported, with how to restore it, never remade."""
+    kube = FakeKube()
+    st, _ = await run(kube, kvcluster(spec={"replicas": 3}))
+    del kube.secrets["demo-token"]
+    _, events = await run(kube, kvcluster(spec={"replicas": 3}, status=st))
+    assert "demo-token" not in kube.secrets
+    missing = [e for e in events if e[1] == "PeerTokenMissing"]
+    assert len(missing) == 1 and missing[0][0] == "Warning"
+    assert "kubectl create secret generic demo-token" in missing[0][2]
+
+
 async def test_an_object_of_someone_else_is_left_alone_and_reported() -> None:
     """A Service `demo` that the user had before the KVCluster `demo` is not taken over
     (a later `kubectl delete kvc demo` would delete it); the rest is made as usual."""
