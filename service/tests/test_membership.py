@@ -144,6 +144,45 @@ async def test_change_interrupted_by_killing_its_driver_is_resumed(tmp_path: Pat
         replicas.stop_all()
 
 
+async def test_a_paused_driver_does_not_undo_what_was_changed_without_it(
+        tmp_path: Path) -> None:
+    """The driver of 3→5 freezes mid-rescan; another member finishes the change, then
+    scales back to 3 and the two extra replicas stop. When the first wakes up it must not
+    carry on its change (before: it installed {0..4} again, skipping the rescan as done,
+    so two dead replicas were voters again; found by exploratory testing)."""
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        async with Client(replicas.urls["1"]) as client:
+            await asyncio.gather(*(client.put(f"k{i}", b"x" * 64) for i in range(1500)))
+        for node in ("3", "4"):
+            replicas.add(node)
+        five = ["0", "1", "2", "3", "4"]
+        async with Client(replicas.urls["0"]) as client:
+            await client.change_membership({n: replicas.urls[n] for n in five})
+            deadline = time.monotonic() + 30
+            while (await client.membership())["change"]["state"] != "rescanning":  # type: ignore[index]
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        replicas.pause("0")
+        await change(replicas, "1", five)
+        await change(replicas, "1", ["0", "1", "2"])
+        for node in ("3", "4"):
+            replicas.kill(node)
+        replicas.resume("0")
+        await asyncio.sleep(5)  # the first driver wakes up and looks again
+        info = await cluster_view(replicas.urls["1"])
+        assert [m["id"] for m in info["members"]] == ["0", "1", "2"], info  # type: ignore[union-attr]
+        assert info["joining"] is None, info
+        async with Client(replicas.urls["0"], timeout=10) as client:
+            assert (await client.membership())["change"]["state"] == "failed"  # type: ignore[index]
+            await client.put("after", b"v")  # two of three members up: writes go on
+        replicas.wait_ready(["0", "1", "2"])
+        await assert_all_readable(replicas.urls["2"], {f"k{i}": b"x" * 64 for i in range(1500)})
+    finally:
+        replicas.stop_all()
+
+
 async def test_a_removed_member_added_back_forgets_its_stale_state(tmp_path: Path) -> None:
     """A kept data directory (a retained PVC) re-enters empty, then catches up by rescan."""
     replicas = Replicas(tmp_path, 3)

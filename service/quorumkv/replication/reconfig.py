@@ -96,10 +96,19 @@ class MembershipChanger:
     async def _run(self, progress: Progress) -> None:
         log.info("membership change started", extra={
             "from": sorted(self._membership.config.members), "to": sorted(progress.target)})
-        rescanned = False
+        expected = self._membership.config.epoch  # what this driver last saw or installed
+        rescanned_at = -1  # the joint epoch whose rescan this driver finished
         try:
             while True:
-                step = reconfig.next_step(self._membership.config, progress.target, rescanned)
+                config = self._membership.config
+                if config.epoch != expected:
+                    # Someone else carried the change on, or made others since (this driver
+                    # was paused, say): acting on would undo them, and a rescan done under
+                    # an older joint configuration covers no newer one.
+                    raise ChangeRefused(f"the configuration moved on to epoch {config.epoch} "
+                                        f"while this change was at epoch {expected}")
+                step = reconfig.next_step(config, progress.target,
+                                          rescanned=rescanned_at == config.epoch)
                 if isinstance(step, reconfig.Done):
                     progress.state, progress.epoch = "done", step.config.epoch
                     break
@@ -109,11 +118,11 @@ class MembershipChanger:
                     progress.state = "installing-joint" if step.config.is_joint \
                         else "installing-new"
                     await self._install(step.config)
-                    progress.epoch = step.config.epoch
+                    progress.epoch = expected = step.config.epoch
                 else:
                     progress.state = "rescanning"
                     await self._rescan(progress)
-                    rescanned = True
+                    rescanned_at = config.epoch
         except Exception as exc:
             progress.state, progress.error = "failed", f"{type(exc).__name__}: {exc}"
             log.warning("membership change failed", extra={"error": progress.error})
