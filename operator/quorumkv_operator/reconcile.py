@@ -169,8 +169,8 @@ async def reconcile(
         token = builders.token_secret(spec, secrets.token_urlsafe(32))
         if await asyncio.to_thread(kube.ensure_secret, token):
             events.append(("Normal", "SecretCreated", f"peer token Secret {token_name} created"))
-    elif await asyncio.to_thread(kube.secret_value, token_name, spec.namespace,
-                                 builders.TOKEN_KEY) is None:
+    members, observed, peer_token = await observe(kube, settings, spec, body, sts)
+    if sts is not None and peer_token is None:
         # a new token would split the replicas: those restarted with it could not talk to
         # the others, which keep the old one; the old one is still in every running pod
         events.append(("Warning", "PeerTokenMissing", (
@@ -178,7 +178,6 @@ async def reconcile(
             f"from the others, so none is made: recreate it with the one the replicas use, "
             f"`kubectl create secret generic {token_name} --from-file={builders.TOKEN_KEY}="
             f"<(kubectl exec {spec.name}-0 -- cat {builders.TOKEN_DIR}/{builders.TOKEN_KEY})`")))
-    members, observed, peer_token = await observe(kube, settings, spec, body, sts)
     plan = scaling.resolve(observed)
     desired = [
         builders.peers_service(spec),

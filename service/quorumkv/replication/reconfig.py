@@ -96,17 +96,16 @@ class MembershipChanger:
     async def _run(self, progress: Progress) -> None:
         log.info("membership change started", extra={
             "from": sorted(self._membership.config.members), "to": sorted(progress.target)})
-        expected = self._membership.config.epoch  # what this driver last saw or installed
         rescanned_at = -1  # the joint epoch whose rescan this driver finished
         try:
             while True:
                 config = self._membership.config
-                if config.epoch != expected:
+                if config.epoch != progress.epoch:  # what this driver last saw or installed
                     # Someone else carried the change on, or made others since (this driver
                     # was paused, say): acting on would undo them, and a rescan done under
                     # an older joint configuration covers no newer one.
                     raise ChangeRefused(f"the configuration moved on to epoch {config.epoch} "
-                                        f"while this change was at epoch {expected}")
+                                        f"while this change was at epoch {progress.epoch}")
                 step = reconfig.next_step(config, progress.target,
                                           rescanned=rescanned_at == config.epoch)
                 if isinstance(step, reconfig.Done):
@@ -118,7 +117,7 @@ class MembershipChanger:
                     progress.state = "installing-joint" if step.config.is_joint \
                         else "installing-new"
                     await self._install(step.config)
-                    progress.epoch = expected = step.config.epoch
+                    progress.epoch = step.config.epoch
                 else:
                     progress.state = "rescanning"
                     await self._rescan(progress)
