@@ -285,6 +285,7 @@ class Node:
             "members": members,
             "quorum": config.quorum_size(),
             "joining": None if config.joining is None else sorted(config.joining),
+            "joining_quorum": None if config.joining is None else len(config.joining) // 2 + 1,
             "ready": ready,
             "reason": reason,
             "keys": len(self.local),

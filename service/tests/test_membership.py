@@ -8,8 +8,14 @@ import shutil
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from quorumkv.client import Client, QuorumKVError
+from quorumkv.core.changes import Put
+from quorumkv.core.messages import Forward
+from quorumkv.core.quorum import make_config
+from quorumkv.replication.membership import Membership
+from quorumkv.replication.transport import PeerLink, PeerRefused
 from replicas import Replicas
 
 pytestmark = pytest.mark.integration
@@ -135,6 +141,7 @@ async def test_change_interrupted_by_killing_its_driver_is_resumed(tmp_path: Pat
         replicas.kill("0")  # mid-rescan: the cluster is left in the joint configuration
         info = await cluster_view(replicas.urls["1"])
         assert info["joining"] == ["0", "1", "2", "3"]
+        assert (info["quorum"], info["joining_quorum"]) == (2, 3)  # a majority of each set
         view = await change(replicas, "2", ["0", "1", "2", "3"])  # any staying member resumes
         assert view["config"]["members"] == ["0", "1", "2", "3"]  # type: ignore[index]
         replicas.start("0")
@@ -204,6 +211,36 @@ async def test_a_removed_member_added_back_forgets_its_stale_state(tmp_path: Pat
         await assert_all_readable(replicas.urls["3"], {"k": b"new", "later": b"x"})
     finally:
         replicas.stop_all()
+
+
+async def test_a_batch_refused_for_a_newer_configuration_counts_as_not_sent(
+        tmp_path: Path) -> None:
+    """A home that moved to a newer configuration refuses a forwarded change whole: the
+    forwarder may then run it itself instead of answering an indeterminate 503."""
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        epoch = (await cluster_view(replicas.urls["0"]))["epoch"]
+        old = make_config(epoch, ["0", "1", "2"], None, replicas.urls)  # type: ignore[arg-type]
+        await change(replicas, "0", ["0", "1"])
+        membership = Membership("2", "stale-view", old, {}, lambda key, value: _done())
+        async with aiohttp.ClientSession() as session:
+            link = PeerLink("0", replicas.urls["0"], session=session, membership=membership,
+                            token=None, timeout=5)
+            with pytest.raises(PeerRefused) as refused:
+                await link.exchange([Forward("k", Put(b"never"))])
+        assert not refused.value.sent
+        assert membership.config.members == {"0", "1"}  # adopted from the refusal
+        async with Client(replicas.urls["1"]) as client:
+            assert await client.get("k") is None
+    finally:
+        replicas.stop_all()
+
+
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 async def test_fresh_replicas_never_bootstrap_a_cluster_of_their_own(tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ class Config(NamedTuple):
         return self.joining is None or _majority(self.joining, acked)
 
     def quorum_size(self) -> int:
-        """Replies needed from the (first) member set; what `/v1/cluster` reports."""
+        """Replies needed from the (old) member set; `/v1/cluster`'s `quorum` (during a
+        change it reports the joining set's majority beside it)."""
         return len(self.members) // 2 + 1
 
     def to_json(self) -> dict[str, Any]:

@@ -41,8 +41,9 @@ HEARTBEAT_TIMEOUT = 0.4
 
 
 class PeerUnavailable(Exception):
-    """No reply. `sent` is False when the batch certainly never reached the peer (the
-    connection could not be made), so whatever it carried did not happen there."""
+    """No reply. `sent` is False when whatever the batch carried certainly did not happen
+    at the peer: it never reached it (the connection could not be made), or was refused
+    whole (`PeerRefused`)."""
 
     def __init__(self, reason: str, *, sent: bool = True) -> None:
         super().__init__(reason)
@@ -50,7 +51,11 @@ class PeerUnavailable(Exception):
 
 
 class PeerRefused(PeerUnavailable):
-    """The peer answers but refused the batch (another configuration or identity)."""
+    """The peer answers but refused the batch (another configuration or identity) before
+    acting on any of its messages."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, sent=False)
 
 
 BatchObserver = Callable[[str, int, float], None]  # (peer, messages, seconds)
