@@ -133,6 +133,12 @@ class Node:
             "node": self.settings.node_id, "incarnation": self.incarnation, "boot": self.boot,
             "members": sorted(self.membership.config.voters), "keys": len(self.local)})
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP client session of this replica's outgoing connections."""
+        assert self._session is not None, "the node is not started"
+        return self._session
+
     def _link_voters(self, config: Config) -> None:
         """A link to every voter but us (a change's driver reaches leavers on its own)."""
         assert self._session is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from quorumkv.client import Client, QuorumKVError
+from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
 from quorumkv.core.changes import Put
 from quorumkv.core.messages import Forward
 from quorumkv.core.quorum import make_config
@@ -109,8 +109,8 @@ async def test_scale_3_to_5_to_3_under_writes(tmp_path: Path) -> None:
         replicas.start("0")
         replicas.start("1")
         replicas.wait_ready(["0", "1"])
-        writer = Writer([replicas.urls[n] for n in ("0", "3")])
         acked_before = dict(writer.acked)
+        writer = Writer([replicas.urls[n] for n in ("0", "3")])
         writer.start()
         await change(replicas, "0", ["0", "1", "2"])
         await writer.stop()
@@ -233,6 +233,43 @@ async def test_a_batch_refused_for_a_newer_configuration_counts_as_not_sent(
         assert membership.config.members == {"0", "1"}  # adopted from the refusal
         async with Client(replicas.urls["1"]) as client:
             assert await client.get("k") is None
+    finally:
+        replicas.stop_all()
+
+
+async def test_a_removed_replica_passes_key_requests_on_to_a_member(tmp_path: Path) -> None:
+    """Until its pod is gone, a removed replica still gets the requests of clients that
+    kept a connection to it: it relays them to a member (before, each answered 503)."""
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        await change(replicas, "0", ["0", "1"])
+        async with Client(replicas.urls["2"]) as removed, \
+                Client(replicas.urls["0"]) as member:
+            put = await removed.put("k", b"v1", create_only=True)
+            assert put.created
+            with pytest.raises(PreconditionFailed):
+                await removed.put("k", b"v2", create_only=True)
+            got = await removed.get("k")
+            assert got is not None and (got.value, got.etag) == (b"v1", put.etag)
+            assert await member.get("k") == got
+            with pytest.raises(PreconditionFailed):
+                await removed.delete("k", if_match='"not-it"')
+            assert await removed.delete("k", if_match=put.etag)
+            assert await removed.get("k") is None and await member.get("k") is None
+            assert not await removed.delete("k")
+        # relayed once at most: a request that was passed on already is not passed again
+        async with aiohttp.ClientSession() as session, \
+                session.get(replicas.urls["2"] + "/v1/kv/k",
+                            headers={"X-QuorumKV-Relayed": "9"}) as resp:
+            assert resp.status == 503 and "not a member" in await resp.text()
+        replicas.kill("0")
+        replicas.kill("1")
+        started = time.monotonic()
+        async with Client(replicas.urls["2"]) as removed:
+            with pytest.raises(Unavailable):
+                await removed.put("k", b"v3")
+        assert time.monotonic() - started < 5
     finally:
         replicas.stop_all()
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from quorumkv.errors import NotFound, ValueTooLarge
-from quorumkv.http import kv
+from quorumkv.http import kv, relay
 from quorumkv.http.keys import NODE
 
 KEY_ROUTE = kv.KV_PREFIX + r"{tail:[\s\S]*}"  # the key is taken from the raw path (kv.key_of)
@@ -19,7 +19,8 @@ routes = web.RouteTableDef()
 
 @routes.get(KEY_ROUTE)
 async def get_key(request: web.Request) -> web.Response:
-    return _response(await kv.get(request.app[NODE], kv.key_of(request.raw_path)))
+    return _response(await kv.get(request.app[NODE], kv.key_of(request.raw_path),
+                                  relayed=_relayed(request)))
 
 
 @routes.put(KEY_ROUTE)
@@ -36,19 +37,25 @@ async def put_key(request: web.Request) -> web.Response:
         raise ValueTooLarge(f"the value is larger than the limit of "
                             f"{node.settings.max_value_bytes} bytes") from None
     kv.check_length(node, len(value))
-    return _response(await kv.put(node, key, change._replace(value=value)))
+    return _response(await kv.put(node, key, change._replace(value=value),
+                                  relayed=_relayed(request)))
 
 
 @routes.delete(KEY_ROUTE)
 async def delete_key(request: web.Request) -> web.Response:
     change = kv.delete_change(_header(request, "If-Match"), _header(request, "If-None-Match"))
-    return _response(await kv.delete(request.app[NODE], kv.key_of(request.raw_path), change))
+    return _response(await kv.delete(request.app[NODE], kv.key_of(request.raw_path), change,
+                                     relayed=_relayed(request)))
 
 
 def _response(answer: kv.Answer) -> web.Response:
     headers = {} if answer.etag is None else {"ETag": answer.etag}
     return web.Response(status=answer.status, body=answer.body or None,
                         content_type=answer.content_type, headers=headers)
+
+
+def _relayed(request: web.Request) -> bool:
+    return relay.RELAYED_HEADER in request.headers
 
 
 def _header(request: web.Request, name: str) -> str | None:

@@ -11,8 +11,8 @@ no body or a Content-Length one, through the same key operations as the aiohttp 
 aiohttp stays the reference for everything else. A connection whose first request is anything
 else (peer streams, health, metrics, admin) is handed to aiohttp at once. A request this
 parser does not take exactly as it is (chunked or `Expect: 100-continue` bodies, HTTP/1.0,
-upgrades, values over the limit, anything malformed or unusual) hands the connection over
-from that request on, unparsed, so aiohttp answers it as it always did.
+upgrades, relayed requests, values over the limit, anything malformed or unusual) hands the
+connection over from that request on, unparsed, so aiohttp answers it as it always did.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import NamedTuple, cast
 from aiohttp.http import SERVER_SOFTWARE
 
 from quorumkv.errors import ServiceError
-from quorumkv.http import kv
+from quorumkv.http import kv, relay
 from quorumkv.http.errors import JSON, error_body, error_headers
 from quorumkv.node import Node
 
@@ -49,7 +49,7 @@ _BAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 _TARGET = re.compile(rb"/v1/kv/[!$&'()*+,;=:@/%\-.~?0-9A-Za-z_]+")
 # headers that change how the message is framed or answered: aiohttp's to handle
 _HAND_OVER_HEADERS = frozenset((b"transfer-encoding", b"expect", b"upgrade",
-                                b"content-encoding"))
+                                b"content-encoding", relay.RELAYED_HEADER.lower().encode()))
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _SERVER = b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
 

@@ -18,9 +18,11 @@ from quorumkv.errors import (
     NotFound,
     PreconditionFailed,
     QuorumUnavailable,
+    ServiceError,
     UnsupportedEncoding,
     ValueTooLarge,
 )
+from quorumkv.http import relay
 from quorumkv.node import Node
 
 KV_PREFIX = "/v1/kv/"
@@ -65,8 +67,11 @@ def check_length(node: Node, length: int) -> None:
         raise ValueTooLarge(f"the value is {length} bytes; the limit is {limit}")
 
 
-async def get(node: Node, key: str) -> Answer:
+async def get(node: Node, key: str, *, relayed: bool = False) -> Answer:
+    """`relayed`: the request was passed on to us by a replica outside the membership."""
     started = time.perf_counter()
+    if not relayed and relay.needed(node):
+        return await _relay(node, "get", key, None, started)
     assert node.coordinator is not None
     try:
         register = await node.coordinator.read(key)
@@ -89,8 +94,10 @@ def put_change(value: bytes, if_match: str | None, if_none_match: str | None) ->
     return Put(value, if_match=if_match, create_only=if_none_match is not None)
 
 
-async def put(node: Node, key: str, change: Put) -> Answer:
+async def put(node: Node, key: str, change: Put, *, relayed: bool = False) -> Answer:
     started = time.perf_counter()
+    if not relayed and relay.needed(node):
+        return await _relay(node, "put", key, change, started)
     outcome, register = await _change(node, "put", key, change, started)
     status = {Outcome.CREATED: 201, Outcome.REPLACED: 200}.get(outcome)
     _observe(node, "put", status or 412, started)
@@ -107,8 +114,10 @@ def delete_change(if_match: str | None, if_none_match: str | None) -> Delete:
     return Delete(if_match)
 
 
-async def delete(node: Node, key: str, change: Delete) -> Answer:
+async def delete(node: Node, key: str, change: Delete, *, relayed: bool = False) -> Answer:
     started = time.perf_counter()
+    if not relayed and relay.needed(node):
+        return await _relay(node, "delete", key, change, started)
     outcome, register = await _change(node, "delete", key, change, started)
     if outcome is Outcome.DELETED:
         _observe(node, "delete", 204, started)
@@ -129,6 +138,21 @@ async def _change(
     except QuorumUnavailable as exc:
         _observe_unavailable(node, op, exc, started)
         raise
+
+
+async def _relay(node: Node, op: str, key: str, change: Single | None,
+                 started: float) -> Answer:
+    node.metrics.paths.inc("relay")
+    try:
+        answer = Answer(*await relay.send(node, key, change))
+    except QuorumUnavailable as exc:
+        _observe_unavailable(node, op, exc, started)
+        raise
+    except ServiceError as exc:
+        _observe(node, op, exc.status, started)
+        raise
+    _observe(node, op, answer.status, started)
+    return answer
 
 
 def _observe(node: Node, op: str, status: int, started: float) -> None:

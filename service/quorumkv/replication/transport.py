@@ -162,7 +162,8 @@ class PeerLink:
         replies; raises `PeerUnavailable`."""
         config = config or self._membership.config
         if config.epoch < self._membership.config.epoch:
-            raise PeerUnavailable("the configuration changed before the batch was sent")
+            raise PeerUnavailable("the configuration changed before the batch was sent",
+                                  sent=False)
         try:
             body = pack_envelope(self._membership.node_id, self._membership.incarnation,
                                  config, msgs)
