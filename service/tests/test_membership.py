@@ -280,6 +280,35 @@ def _done() -> asyncio.Future[None]:
     return future
 
 
+async def test_a_replica_removed_and_added_back_while_down_forgets_its_old_state(
+        tmp_path: Path) -> None:
+    """Node 3 is down while it is removed, a key is deleted (its tombstone collected), and
+    it is added back. It never saw the removal; the configuration says when it joined, so
+    it knows its data predates that and forgets it (before: the key came back from it)."""
+    replicas = Replicas(tmp_path, 4, env={"QUORUMKV_TOMBSTONE_TTL": "0.5"})
+    try:
+        replicas.start_all()
+        async with Client(replicas.urls["0"]) as client:
+            await client.put("k", b"deleted later")
+        replicas.kill("3")
+        await change(replicas, "0", ["0", "1", "2"])
+        async with Client(replicas.urls["0"]) as client:
+            assert await client.delete("k")
+        deadline = time.monotonic() + 30
+        while any([(await cluster_view(replicas.urls[n]))["keys"] for n in ("0", "1", "2")]):
+            assert time.monotonic() < deadline, "the tombstone was not collected"
+            await asyncio.sleep(0.2)
+        await change(replicas, "0", ["0", "1", "2", "3"])
+        replicas.start("3")
+        replicas.wait_ready(["3"])
+        replicas.kill("0")  # a quorum of 3 out of 4 must now include node 3
+        async with Client(replicas.urls["1"]) as client:
+            assert await client.get("k") is None
+        assert replicas.log("3").count("joined the membership") == 2  # at bootstrap, now
+    finally:
+        replicas.stop_all()
+
+
 async def test_fresh_replicas_never_bootstrap_a_cluster_of_their_own(tmp_path: Path) -> None:
     """After a scale-down to one member, empty replicas from the old peer list come back:
     with the member down they must not form a quorum together; with it up they learn the

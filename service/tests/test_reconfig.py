@@ -50,9 +50,37 @@ def test_config_json_round_trip_and_strictness() -> None:
     assert not Config.from_json({"epoch": 0, "members": ["0"], "urls": {"0": "u"}}).initialized
     for bad in (None, {"epoch": -1, "members": ["0"], "urls": {"0": "u"}},
                 {"epoch": 1, "members": ["0"], "urls": {}},
-                {"epoch": 1, "members": [], "urls": {}}):
+                {"epoch": 1, "members": [], "urls": {}},
+                {"epoch": 1, "members": ["0"], "urls": {"0": "u"}, "joined": {"0": "2"}}):
         try:
             Config.from_json(bad)
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+def test_configurations_record_when_each_voter_was_added() -> None:
+    """So that a node added back while it was down (it never saw its removal) can tell."""
+    grow = reconfig.next_step(A, B, rescanned=False)
+    assert isinstance(grow, reconfig.Install)
+    assert grow.config.joined_map() == {"3": 2, "4": 2}
+    final = reconfig.next_step(grow.config, B, rescanned=True)
+    assert isinstance(final, reconfig.Install) and final.config.joined_map() == {"3": 2, "4": 2}
+    assert final.config.joined_at("4") == 2 and final.config.joined_at("0") == 0
+    shrink = reconfig.next_step(final.config, {n: URLS[n] for n in "0123"}, rescanned=False)
+    assert isinstance(shrink, reconfig.Install)
+    smaller = reconfig.next_step(shrink.config, {n: URLS[n] for n in "0123"}, rescanned=True)
+    assert isinstance(smaller, reconfig.Install) and smaller.config.joined_map() == {"3": 2}
+    back = reconfig.next_step(smaller.config, B, rescanned=False)
+    assert isinstance(back, reconfig.Install)
+    assert back.config.joined_map() == {"3": 2, "4": back.config.epoch}
+    assert Config.from_json(back.config.to_json()) == back.config
+
+
+def test_a_configuration_of_an_earlier_version_agrees_but_names_no_additions() -> None:
+    """Written before `joined` existed, or passed on by a peer that drops it."""
+    joint = make_config(2, ["0", "1", "2"], B, URLS, {"3": 2, "4": 2})
+    earlier = {k: v for k, v in joint.to_json().items() if k != "joined"}
+    parsed = Config.from_json(earlier)
+    assert parsed.joined_at("3") == 0 and parsed != joint and parsed.agrees_with(joint)
+    assert not parsed.agrees_with(joint._replace(epoch=3))

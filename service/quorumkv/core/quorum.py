@@ -17,6 +17,10 @@ class Config(NamedTuple):
     members: frozenset[str]
     joining: frozenset[str] | None = None  # the new member set while a change is joint
     urls: tuple[tuple[str, str], ...] = ()  # (node, base URL) of every voter, sorted
+    # (node, epoch) of every voter added by a change, sorted: the epoch of the joint
+    # configuration that added it last. A node that was removed and added back while it
+    # was down never saw the removal; this tells it that its data predates its membership.
+    joined: tuple[tuple[str, int], ...] = ()
 
     @property
     def voters(self) -> frozenset[str]:
@@ -35,6 +39,19 @@ class Config(NamedTuple):
     def url_map(self) -> dict[str, str]:
         return dict(self.urls)
 
+    def joined_map(self) -> dict[str, int]:
+        return dict(self.joined)
+
+    def joined_at(self, node: str) -> int:
+        """The epoch at which `node` was last added; 0 for a founding member (and in a
+        configuration written by a version that did not record it)."""
+        return self.joined_map().get(node, 0)
+
+    def agrees_with(self, other: Config) -> bool:
+        """The same configuration, `joined` aside: a peer of an earlier version drops it,
+        and it matters only to the node it names."""
+        return self[:4] == other[:4]
+
     def is_quorum(self, acks: Iterable[str]) -> bool:
         acked = set(acks)
         if not _majority(self.members, acked):
@@ -47,9 +64,12 @@ class Config(NamedTuple):
         return len(self.members) // 2 + 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "members": sorted(self.members),
-                "joining": None if self.joining is None else sorted(self.joining),
-                "urls": dict(self.urls)}
+        raw = {"epoch": self.epoch, "members": sorted(self.members),
+               "joining": None if self.joining is None else sorted(self.joining),
+               "urls": dict(self.urls)}
+        if self.joined:
+            raw["joined"] = dict(self.joined)
+        return raw
 
     @classmethod
     def from_json(cls, raw: Any) -> Config:
@@ -66,16 +86,25 @@ class Config(NamedTuple):
         if joining is not None and not (isinstance(joining, list) and joining
                                         and all(isinstance(m, str) for m in joining)):
             raise ValueError(f"malformed joining member set: {joining!r}")
-        return make_config(epoch, members, joining, urls)
+        joined = raw.get("joined", {})
+        if not (isinstance(joined, dict) and all(
+                isinstance(k, str) and isinstance(v, int) and v >= 0
+                for k, v in joined.items())):
+            raise ValueError(f"malformed epochs of joining: {joined!r}")
+        return make_config(epoch, members, joining, urls, joined)
 
 
 def make_config(epoch: int, members: Iterable[str], joining: Iterable[str] | None,
-                urls: Mapping[str, str]) -> Config:
+                urls: Mapping[str, str], joined: Mapping[str, int] | None = None) -> Config:
+    """A configuration; `urls` and `joined` may name more nodes than its voters."""
     config = Config(epoch, frozenset(members), None if joining is None else frozenset(joining))
     missing = config.voters - set(urls)
     if missing:
         raise ValueError(f"no URL for member(s) {sorted(missing)}")
-    return config._replace(urls=tuple(sorted((n, urls[n]) for n in config.voters)))
+    return config._replace(
+        urls=tuple(sorted((n, urls[n]) for n in config.voters)),
+        joined=tuple(sorted((n, e) for n, e in (joined or {}).items()
+                            if n in config.voters and e > 0)))
 
 
 def _majority(members: frozenset[str], acked: set[str]) -> bool:

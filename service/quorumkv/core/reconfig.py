@@ -46,13 +46,16 @@ def next_step(current: Config, target: Mapping[str, str], rescanned: bool) -> St
         if current.members == members:
             return Done(current)
         urls = {**current.url_map(), **target}
-        return Install(make_config(current.epoch + 1, current.members, members, urls))
+        added = {node: current.epoch + 1 for node in members - current.members}
+        return Install(make_config(current.epoch + 1, current.members, members, urls,
+                                   {**current.joined_map(), **added}))
     if current.joining != members:
         return Refused(f"another change is in progress: {sorted(current.members)} -> "
                        f"{sorted(current.joining or ())} at epoch {current.epoch}")
     if not rescanned:
         return Rescan()
-    return Install(make_config(current.epoch + 1, members, None, current.url_map()))
+    return Install(make_config(current.epoch + 1, members, None, current.url_map(),
+                               current.joined_map()))
 
 
 def installing_quorum(new: Config, old: Config) -> Config:

@@ -120,7 +120,7 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
         adopted = membership.adopt(envelope.config)
         if adopted is not None:
             await asyncio.shield(adopted)  # act on a configuration only once it is durable
-    if envelope.config != membership.config:
+    if not envelope.config.agrees_with(membership.config):
         return _refuse(node, "stale_epoch" if envelope.config.epoch < membership.config.epoch
                        else "conflicting_config",
                        f"the batch was made under epoch {envelope.config.epoch}; this node is "

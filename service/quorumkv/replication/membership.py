@@ -15,7 +15,9 @@ incarnation, so it can be added back later with a new disk through the same chan
 A node that becomes a voter (added by a change) forgets every acceptor state it had before it
 acknowledges the configuration: a stale data directory from an earlier membership (a PVC kept
 after a scale-down) could otherwise bring back an old accepted value at a high ballot and
-override newer writes. The change's rescan then gives it the current values.
+override newer writes. The change's rescan then gives it the current values. A node that
+was removed and added back while it was down never saw the removal: the configuration
+records the epoch at which each voter was added, so it knows its data predates that too.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class Membership:
         old, self.config = self.config, config
         self._refusals_told.clear()
         joined = self.node_id in config.voters and not (
-            old.initialized and self.node_id in old.voters)
+            old.initialized and self.node_id in old.voters
+            and config.joined_at(self.node_id) <= old.epoch)  # not added back since
         forgotten = self._on_join() if joined and self._on_join is not None else None
         for node in old.voters - config.voters:
             if node != self.node_id:
