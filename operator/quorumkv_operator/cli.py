@@ -83,7 +83,8 @@ class QuietFilter(logging.Filter):
     they would be most of the log and say nothing (one `reconciled` line per cycle does)."""
 
     NOISY = ("Handler 'seen' succeeded", "Handler 'member_changed' succeeded",
-             "Activity 'watch_freshness' succeeded", "Timer 'resync' succeeded")
+             "Activity 'watch_freshness' succeeded", "Timer 'resync' succeeded",
+             "Timer 'drive' succeeded")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.NOISY)
