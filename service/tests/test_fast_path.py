@@ -219,6 +219,13 @@ async def test_a_connection_is_handed_to_aiohttp_at_the_first_unusual_request(
     assert (await read_response(reader)).body == b"xy"
     writer.close()
 
+    reader, writer = await connect(cluster.urls["2"])  # a value too large: refused at once
+    writer.write(b"PUT /v1/kv/mixed HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                 b"Content-Length: 2000000\r\n\r\n")
+    refused = await read_response(reader)
+    assert refused.status == 413 and b"value_too_large" in refused.body
+    writer.close()
+
     reader, writer = await connect(cluster.urls["2"])  # malformed: aiohttp's 400
     writer.write(request("GET", "mixed") + b"GET /v1/kv/mixed HTTP/1.1\r\nBad Header\r\n\r\n")
     assert (await read_response(reader)).status == 200

@@ -6,10 +6,12 @@ from importlib import resources
 
 import orjson
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from quorumkv.errors import NotFound, ValueTooLarge
+from quorumkv.errors import NotFound, ServiceError, ValueTooLarge
 from quorumkv.http import kv, relay
+from quorumkv.http.errors import error_response
 from quorumkv.http.keys import NODE
 
 KEY_ROUTE = kv.KV_PREFIX + r"{tail:[\s\S]*}"  # the key is taken from the raw path (kv.key_of)
@@ -23,13 +25,23 @@ async def get_key(request: web.Request) -> web.Response:
                                   relayed=_relayed(request)))
 
 
-@routes.put(KEY_ROUTE)
+async def _expect_value(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: a value we would refuse is refused before the client sends
+    it, not told `100 Continue` first. (Runs outside the middlewares: it answers errors
+    itself.)"""
+    try:
+        _check_value_headers(request)
+    except ServiceError as exc:
+        return error_response(exc.status, exc.error, exc.detail)
+    await _default_expect_handler(request)  # 100 Continue
+    return None
+
+
+@routes.put(KEY_ROUTE, expect_handler=_expect_value)
 async def put_key(request: web.Request) -> web.Response:
     node = request.app[NODE]
     key = kv.key_of(request.raw_path)
-    kv.check_encoding(request.headers.get("Content-Encoding"))
-    if request.content_length is not None:
-        kv.check_length(node, request.content_length)
+    _check_value_headers(request)
     change = kv.put_change(b"", _header(request, "If-Match"), _header(request, "If-None-Match"))
     try:
         value = await request.read()
@@ -52,6 +64,12 @@ def _response(answer: kv.Answer) -> web.Response:
     headers = {} if answer.etag is None else {"ETag": answer.etag}
     return web.Response(status=answer.status, body=answer.body or None,
                         content_type=answer.content_type, headers=headers)
+
+
+def _check_value_headers(request: web.Request) -> None:
+    kv.check_encoding(request.headers.get("Content-Encoding"))
+    if request.content_length is not None:
+        kv.check_length(request.app[NODE], request.content_length)
 
 
 def _relayed(request: web.Request) -> bool:
