@@ -260,7 +260,10 @@ class Node:
             return False, "no quorum of members is reachable"
         assert self.antientropy is not None
         synced = {self.settings.node_id} | self.antientropy.synced_with
-        if not config.is_quorum(synced):
+        # with a quorum of the members before any change under way: the new ones are being
+        # filled by its rescan, and comparing with them repairs what the rescan is about to
+        # write (a member restarted just before a 1→3 change was not ready until its end)
+        if not config._replace(joining=None).is_quorum(synced):
             return False, "catching up: start-up anti-entropy with a quorum not finished"
         return True, "ready"
 

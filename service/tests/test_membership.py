@@ -274,6 +274,78 @@ async def test_a_removed_replica_passes_key_requests_on_to_a_member(tmp_path: Pa
         replicas.stop_all()
 
 
+async def test_a_change_to_members_that_are_not_up_is_refused_or_abandoned(
+        tmp_path: Path) -> None:
+    """A new member set without a majority up would stop the cluster once its joint
+    configuration is installed: such a change is refused; and one whose new members die
+    once it has begun is abandoned by asking for the old set (before: 503s for good)."""
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        async with Client(replicas.urls["1"]) as client:
+            await asyncio.gather(*(client.put(f"k{i}", b"x" * 64) for i in range(1500)))
+        dead = {"7": "http://127.0.0.1:1", "8": "http://127.0.0.1:2"}
+        async with Client(replicas.urls["0"]) as client:
+            with pytest.raises(QuorumKVError) as refused:
+                await client.change_membership({"0": replicas.urls["0"], **dead})
+            assert refused.value.status == 409 and "do not answer" in refused.value.detail
+            assert (await client.membership())["config"]["epoch"] == 1
+            await client.put("still", b"writable")
+        for node in ("3", "4"):
+            replicas.add(node)
+        async with Client(replicas.urls["0"]) as client:
+            await client.change_membership({n: replicas.urls[n] for n in ("0", "3", "4")})
+            deadline = time.monotonic() + 30
+            while (await client.membership())["change"]["state"] != "rescanning":  # type: ignore[index]
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        replicas.kill("3")
+        replicas.kill("4")  # the joint configuration can do nothing without them
+        async with Client(replicas.urls["1"], timeout=10) as client:
+            with pytest.raises(Unavailable):
+                await client.put("k0", b"stuck")
+        view = await change(replicas, "1", ["0", "1", "2"])  # abandon it
+        assert view["config"]["members"] == ["0", "1", "2"]  # type: ignore[index]
+        assert view["config"]["joining"] is None  # type: ignore[index]
+        await assert_all_readable(replicas.urls["2"], {
+            "still": b"writable", **{f"k{i}": b"x" * 64 for i in range(1, 1500)}})
+        async with Client(replicas.urls["0"]) as client:
+            await client.put("k0", b"unstuck")
+    finally:
+        replicas.stop_all()
+
+
+async def test_a_restarted_member_stays_ready_while_a_change_fills_the_new_ones(
+        tmp_path: Path) -> None:
+    """1→3 right after the only member restarted: it must stay ready, or no replica
+    serves until the change is done (found on Kubernetes: about a minute without one)."""
+    replicas = Replicas(tmp_path, 1)
+    try:
+        replicas.start_all()
+        async with Client(replicas.urls["0"]) as client:
+            await asyncio.gather(*(client.put(f"k{i}", b"x" * 64) for i in range(3000)))
+        replicas.kill("0")
+        replicas.start("0")
+        replicas.wait_ready(["0"])
+        for node in ("1", "2"):
+            replicas.add(node)
+        async with Client(replicas.urls["0"]) as client:
+            await client.change_membership({n: replicas.urls[n] for n in ("0", "1", "2")})
+            not_ready_since, longest = None, 0.0  # a probe notices after two failures
+            while (await client.membership())["change"]["state"] != "done":  # type: ignore[index]
+                now = time.monotonic()
+                if replicas.status("0", "/readyz") == 200:
+                    not_ready_since = None
+                else:
+                    not_ready_since = not_ready_since or now
+                    longest = max(longest, now - not_ready_since)
+                await asyncio.sleep(0.05)
+        # a new member is unreachable for a heartbeat (0.25 s) until first contact: allowed
+        assert longest < 1.0
+    finally:
+        replicas.stop_all()
+
+
 def _done() -> asyncio.Future[None]:
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     future.set_result(None)

@@ -2,8 +2,9 @@
 
 Going from member set A to B: epoch e+1 = joint(A, B); a rescan re-proposes every key under
 joint quorums so the latest value of each is on a majority of B; epoch e+2 = B alone. One
-change at a time. The resolver looks only at the current configuration (and whether the
-rescan finished), so a driver that crashed at any point resumes by asking it again.
+change at a time; asking for A during it abandons it (epoch e+2 = A alone). The resolver
+looks only at the current configuration (and whether the rescan finished), so a driver that
+crashed at any point resumes by asking it again.
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ def next_step(current: Config, target: Mapping[str, str], rescanned: bool) -> St
         return Install(make_config(current.epoch + 1, current.members, members, urls,
                                    {**current.joined_map(), **added}))
     if current.joining != members:
+        if members == current.members:  # back to where it started: abandon the change
+            return Install(make_config(current.epoch + 1, members, None, current.url_map(),
+                                       current.joined_map()))
         return Refused(f"another change is in progress: {sorted(current.members)} -> "
-                       f"{sorted(current.joining or ())} at epoch {current.epoch}")
+                       f"{sorted(current.joining or ())} at epoch {current.epoch}; finish it, "
+                       f"or abandon it by asking for {sorted(current.members)}")
     if not rescanned:
         return Rescan()
     return Install(make_config(current.epoch + 1, members, None, current.url_map(),
@@ -62,9 +67,15 @@ def installing_quorum(new: Config, old: Config) -> Config:
     """Whose acknowledgements make `new` durable enough to act on.
 
     Entering a joint configuration: a majority of the old members and of the new ones, so no
-    quorum of the old configuration can act any more. Leaving it: the joint configuration's
-    own quorum, which again covers both sides.
+    quorum of the old configuration can act any more. Leaving it for the new set: the joint
+    configuration's own quorum, which again covers both sides. Abandoning it (back to the
+    old set, e.g. when the new members never came up): a majority of the old set is enough.
+    Every joint quorum includes such a majority, so once one has moved on (refusing the
+    joint epoch) no joint quorum can act; and whatever the joint configuration chose is on a
+    majority of the old set already, so no rescan is needed either.
     """
     if new.is_joint:
+        return new
+    if old.is_joint and new.members == old.members:
         return new
     return old if old.is_joint else new

@@ -55,7 +55,7 @@ async def change_membership(request: web.Request) -> web.Response:
     changer = request.app[NODE].changer
     assert changer is not None
     try:
-        progress = changer.request(target)
+        progress = await changer.request(target)
     except ChangeRefused as exc:
         raise ChangeConflict(str(exc)) from None
     status = 200 if progress.state == "done" else 202

@@ -23,14 +23,27 @@ from quorumkv.replication.coordinator import Coordinator
 from quorumkv.replication.digests import BUCKETS
 from quorumkv.replication.local_acceptor import LocalAcceptor
 from quorumkv.replication.membership import Membership
-from quorumkv.replication.transport import PeerLink, PeerUnavailable
+from quorumkv.replication.transport import PeerLink, PeerRefused, PeerUnavailable
 
 log = logging.getLogger("quorumkv.reconfig")
 
 INSTALL_TIMEOUT = 60.0
+CHECK_TIMEOUT = 2.0  # for a new member to answer before a change starts
 RESCAN_CONCURRENCY = 64
 KEY_ATTEMPTS = 10  # per key, with backoff capped at 2 s: rides out a few seconds at the
 # minimum majority (a paused member, a restart) instead of failing the whole change
+
+
+async def _answers(link: PeerLink) -> bool:
+    """Whether the peer is up: it answers an empty batch, even if only to refuse it. More
+    patient than a heartbeat: a replica just started may be slow to accept a connection."""
+    try:
+        await link.exchange([], timeout=CHECK_TIMEOUT)
+    except PeerRefused:
+        return True
+    except PeerUnavailable:
+        return False
+    return True
 
 
 class ChangeRefused(Exception):
@@ -71,7 +84,7 @@ class MembershipChanger:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def request(self, target: Mapping[str, str]) -> Progress:
+    async def request(self, target: Mapping[str, str]) -> Progress:
         """Start (or keep running, or report) the change to member set `target`."""
         target = dict(target)
         if self._membership.node_id not in target:
@@ -81,12 +94,31 @@ class MembershipChanger:
             if self.progress.target != target:
                 raise ChangeRefused(f"a change to {sorted(self.progress.target)} is running")
             return self.progress
-        step = reconfig.next_step(self._membership.config, target, rescanned=False)
+        config = self._membership.config
+        step = reconfig.next_step(config, target, rescanned=False)
         if isinstance(step, reconfig.Refused):
             raise ChangeRefused(step.reason)
-        self.progress = Progress(target, epoch=self._membership.config.epoch)
+        if isinstance(step, reconfig.Install) and step.config.is_joint:
+            await self._check_answering(target)
+        if self._membership.config != config or self.running:  # changed while we checked
+            raise ChangeRefused("the configuration changed meanwhile; ask again")
+        self.progress = Progress(target, epoch=config.epoch)
         self._task = asyncio.create_task(self._run(self.progress), name="membership-change")
         return self.progress
+
+    async def _check_answering(self, target: Mapping[str, str]) -> None:
+        """Refuse to start a change whose new member set has no majority up: its joint
+        configuration, once installed, would stop every write and read until they come
+        (the way back is then to abandon the change)."""
+        me = self._membership.node_id
+        others = sorted(set(target) - {me})
+        answers = await asyncio.gather(*(_answers(self._link_for(node, target[node]))
+                                         for node in others))
+        answering = {me} | {node for node, ok in zip(others, answers, strict=True) if ok}
+        if len(answering) * 2 <= len(target):
+            silent = sorted(set(target) - answering)
+            raise ChangeRefused(f"{silent} of the new member set do not answer; start them "
+                                "first: a majority of the new set must be up")
 
     async def close(self) -> None:
         if self._task is not None:
