@@ -20,6 +20,7 @@ DATA_DIR = "/var/lib/quorumkv"
 TOKEN_DIR = "/etc/quorumkv/token"
 TOKEN_KEY = "token"
 RUN_AS = 10001
+DRAIN_SECONDS = 2  # a terminating replica serves this long before its SIGTERM
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 BOOTSTRAP_ANNOTATION = "quorumkv.dev/bootstrap-members"
 
@@ -112,6 +113,10 @@ def _container(spec: ClusterSpec, bootstrap: int, cluster_domain: str) -> dict[s
             {"name": "QUORUMKV_AUTH_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"},
         ],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        # a terminating pod leaves the Service's endpoints at once, but kube-proxy takes a
+        # moment to hear of it: serving on meanwhile spares clients "connection refused"
+        # (measured: 30 per rolling restart of 3 replicas before)
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(DRAIN_SECONDS)]}}},
         "readinessProbe": {**probe, "periodSeconds": 2, "timeoutSeconds": 2,
                            "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},

@@ -176,8 +176,9 @@ async def reconcile(
         events.append(("Warning", "PeerTokenMissing", (
             f"Secret {token_name} is gone; a new token would cut restarted replicas off "
             f"from the others, so none is made: recreate it with the one the replicas use, "
-            f"`kubectl create secret generic {token_name} --from-file={builders.TOKEN_KEY}="
-            f"<(kubectl exec {spec.name}-0 -- cat {builders.TOKEN_DIR}/{builders.TOKEN_KEY})`")))
+            f"`kubectl -n {spec.namespace} create secret generic {token_name} "
+            f"--from-file={builders.TOKEN_KEY}=<(kubectl -n {spec.namespace} exec "
+            f"{spec.name}-0 -- cat {builders.TOKEN_DIR}/{builders.TOKEN_KEY})`")))
     plan = scaling.resolve(observed)
     desired = [
         builders.peers_service(spec),

@@ -88,6 +88,8 @@ def test_probes_ports_command_and_image(spec: ClusterSpec) -> None:
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # still serving while kube-proxy learns that the pod is going
+    assert c["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "2"]}}
 
 
 def test_hardened_security_context(spec: ClusterSpec) -> None:

@@ -87,7 +87,8 @@ async def test_a_deleted_token_secret_is_not_replaced_by_another_token() -> None
     assert "demo-token" not in kube.secrets
     missing = [e for e in events if e[1] == "PeerTokenMissing"]
     assert len(missing) == 1 and missing[0][0] == "Warning"
-    assert "kubectl create secret generic demo-token" in missing[0][2]
+    assert "kubectl -n ns create secret generic demo-token" in missing[0][2]
+    assert "kubectl -n ns exec demo-0" in missing[0][2]  # right from any namespace
 
 
 async def test_an_object_of_someone_else_is_left_alone_and_reported() -> None:

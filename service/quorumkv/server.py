@@ -59,7 +59,15 @@ class _BadRequestsQuietly(logging.Filter):
         return True
 
 
+def _stop_at_once(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_server(settings: ServeSettings) -> int:
+    # As PID 1 (a container's command) a process ignores SIGTERM unless it handles it: until
+    # the server's own handler is in place (opening a large data directory takes seconds),
+    # stop at once, or a pod deleted while starting waits out its whole grace period
+    signal.signal(signal.SIGTERM, _stop_at_once)
     logs.setup(settings.log_level, node=settings.node_id)
     logging.getLogger("aiohttp.server").addFilter(_BadRequestsQuietly())
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
