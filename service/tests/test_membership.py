@@ -289,6 +289,13 @@ async def test_a_change_to_members_that_are_not_up_is_refused_or_abandoned(
             with pytest.raises(QuorumKVError) as refused:
                 await client.change_membership({"0": replicas.urls["0"], **dead})
             assert refused.value.status == 409 and "do not answer" in refused.value.detail
+            member = {"0": replicas.urls["0"]}
+            for bad in ({**member, "1": replicas.urls["1"] + ",2=" + replicas.urls["2"]},
+                        {**member, "1=2": replicas.urls["1"]}, {**member, "1": 7},
+                        {**member, "1": "ftp://x"}):
+                with pytest.raises(QuorumKVError) as refused:
+                    await client.change_membership(bad)  # type: ignore[arg-type]
+                assert refused.value.status == 400, bad
             assert (await client.membership())["config"]["epoch"] == 1
             await client.put("still", b"writable")
         for node in ("3", "4"):

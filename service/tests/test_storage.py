@@ -232,6 +232,22 @@ async def test_a_torn_frame_over_the_zeros_is_cut(
     storage.close()
 
 
+@pytest.mark.parametrize("where", ["body", "length"])
+async def test_damage_before_the_end_is_refused_not_cut(tmp_path: Path, where: str) -> None:
+    """A broken frame with whole ones after it is no torn write: cutting there dropped every
+    later commit, acknowledged ones included (found by exploratory testing)."""
+    for i in range(5):
+        await run_replica_committing(tmp_path, f"k{i}", state(1, b"v%d" % i))
+    path = tmp_path / LOG_NAME
+    data = bytearray(path.read_bytes())
+    second = len(log_storage.MAGIC) + 8 + int.from_bytes(data[8:12], "little")  # frame 2
+    data[second + (12 if where == "body" else 1)] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(LogError, match="is damaged"):
+        LogStorage(tmp_path)
+    assert path.read_bytes() == bytes(data)  # left as found, for inspection
+
+
 def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Path) -> None:
     (tmp_path / LOG_NAME).write_bytes(b"something else entirely")
     with pytest.raises(LogError, match="not a QuorumKV log"):

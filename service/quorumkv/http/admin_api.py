@@ -49,6 +49,9 @@ async def change_membership(request: web.Request) -> web.Response:
         members = body["members"]
         if not isinstance(members, dict) or not members:
             raise ValueError("members must be a non-empty map of node id to URL")
+        for node, url in members.items():  # as one ID=URL item each, not a list of them
+            if not isinstance(url, str) or "," in node + url or "=" in node:
+                raise ValueError(f"member {node!r}: an id has no ',' or '=', a URL no ','")
         target = parse_peers([f"{node}={url}" for node, url in members.items()])
     except (ValueError, KeyError, TypeError, SettingsError) as exc:
         raise BadRequest(f'expected {{"members": {{"id": "url", ...}}}}: {exc}') from None

@@ -9,8 +9,11 @@ gave for free is done here explicitly:
 
 - **Atomic batches.** A frame is `length, crc32, body`; at start the log is read up to the
   first frame that is incomplete or fails its checksum, and cut there. A batch is
-  acknowledged only after its `fdatasync`, so what is cut was never acknowledged (a crash
-  tore its write). The cut is logged.
+  acknowledged only after its `fdatasync`, and the next one is written only then, so a
+  crash can tear the last frame only: what is cut was never acknowledged. The cut is
+  logged. A broken frame with a whole one somewhere after it is no torn write but damage
+  (a bad disk, a stray write): the replica refuses to start rather than cut acknowledged
+  commits, and the boot counter and promise floor with them.
 - **Bounded size.** The log is rewritten as one snapshot of the live states once it is
   both over `COMPACT_MIN_BYTES` and twice the size it had after the last rewrite. The
   snapshot is written by a thread of its own from a copy of the states (immutable tuples,
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 LOG_NAME = "quorumkv.log"
 MAGIC = b"QKVLOG1\n"  # first bytes of every log file: refuse what is not one
 FRAME_HEAD = struct.Struct("<II")  # body length, crc32 of the body
+BODY_START = b"\x92"  # msgpack: an array of two, (metadata, rows)
 COMPACT_MIN_BYTES = 64 << 20
 SNAPSHOT_FRAME_ROWS = 4096  # states per frame of a snapshot: bounds one frame's memory
 PREALLOCATE_AHEAD = 4 << 20  # zeros kept ahead of the log's end; topped up at half of it
@@ -68,7 +72,7 @@ class Replay(NamedTuple):
     meta: dict[str, str]
     valid_bytes: int  # the log's length up to the end of its last whole frame
     total_bytes: int
-    torn: bool  # something other than zeros follows the last whole frame
+    torn: bool  # something other than zeros follows the last whole frame (but no whole frame)
 
 
 def encode_frame(states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> bytes:
@@ -87,7 +91,8 @@ def encode_frame(states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -
 def replay(path: Path) -> Replay:
     """Every state and metadata value in the log at `path`, as the whole frames left them.
 
-    Read-only: a torn last frame is reported through `torn` and `valid_bytes`, not removed.
+    Read-only: a torn last frame is reported through `torn` and `valid_bytes`, not removed;
+    a log damaged before its end raises `LogError`.
     """
     data = path.read_bytes()
     if not data.startswith(MAGIC):
@@ -108,7 +113,32 @@ def replay(path: Path) -> Replay:
             else:
                 states[key] = state_from_row(small, value)
         pos += FRAME_HEAD.size + length
-    return Replay(states, meta, pos, len(data), data.count(0, pos) < len(data) - pos)
+    torn = data.count(0, pos) < len(data) - pos
+    whole = _whole_frame_after(data, pos) if torn else None
+    if whole is not None:
+        raise LogError(
+            f"{path} is damaged: the frame at byte {pos} is broken (checksum or length) but a "
+            f"whole one follows at byte {whole}, so this is no torn write, and cutting the "
+            "log there would drop acknowledged commits. This replica cannot vouch for its "
+            "data: remove it from the membership and add it back with an empty data "
+            "directory (keep this one for inspection)")
+    return Replay(states, meta, pos, len(data), torn)
+
+
+def _whole_frame_after(data: bytes, pos: int) -> int | None:
+    """Where a whole frame starts after the broken one at `pos`, if anywhere.
+
+    Every body is a msgpack pair, so only the places followed by its first byte are tried:
+    a few checksums instead of one per byte.
+    """
+    view = memoryview(data)
+    body = data.find(BODY_START, pos + FRAME_HEAD.size + 1)
+    while body != -1:
+        length, crc = FRAME_HEAD.unpack_from(data, body - FRAME_HEAD.size)
+        if 0 < length <= len(data) - body and zlib.crc32(view[body:body + length]) == crc:
+            return body - FRAME_HEAD.size
+        body = data.find(BODY_START, body + 1)
+    return None
 
 
 def write_all(fd: int, data: bytes) -> None:
