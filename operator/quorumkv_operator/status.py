@@ -120,6 +120,8 @@ def compute(snap: Snapshot) -> dict[str, Any]:
     rollout = snap.rollout
     rolling = not (rollout.exists and rollout.observed and rollout.revisions_match
                    and rollout.updated_replicas >= plan.sts_replicas)
+    # a rolling update restarts one pod at a time: that one is being updated, not missing
+    degraded = initialized and len(missing) > (1 if rolling and initialized else 0)
     sc = plan.status
     scaling_up = len(sc.get("to") or []) >= len(sc.get("from") or [])
     progress = (f"{len(sc.get('from') or [])} → {len(sc.get('to') or [])} members: "
@@ -144,9 +146,10 @@ def compute(snap: Snapshot) -> dict[str, Any]:
              else "StatefulSet is up to date"),
         ),
         DEGRADED: _condition(
-            initialized and bool(missing),
-            "MembersNotReady" if initialized and missing else
-            ("Creating" if not initialized else "AllMembersReady"),
+            degraded,
+            "MembersNotReady" if degraded else
+            ("Creating" if not initialized else
+             "RollingOut" if missing else "AllMembersReady"),
             ("not ready: " + ", ".join(missing)) if missing else f"all {n} members ready",
         ),
         SCALING_BLOCKED: _condition(
@@ -163,7 +166,7 @@ def compute(snap: Snapshot) -> dict[str, Any]:
         "replicas": n,
         "readyReplicas": len(ready),
         "quorum": q,
-        "phase": _phase(available, initialized, bool(plan.blocked), plan.active, missing,
+        "phase": _phase(available, initialized, bool(plan.blocked), plan.active, degraded,
                         rolling),
         "observedGeneration": snap.generation,
         "selector": snap.selector,
@@ -174,7 +177,7 @@ def compute(snap: Snapshot) -> dict[str, Any]:
 
 
 def _phase(available: bool, initialized: bool, blocked: bool, scaling: bool,
-           missing: list[str], rolling: bool) -> str:
+           degraded: bool, rolling: bool) -> str:
     if not initialized:
         return "Pending"
     if not available:
@@ -183,7 +186,7 @@ def _phase(available: bool, initialized: bool, blocked: bool, scaling: bool,
         return "ScalingBlocked"
     if scaling:
         return "Scaling"
-    if missing:
+    if degraded:
         return "Degraded"
     return "Updating" if rolling else "Running"
 

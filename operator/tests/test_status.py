@@ -151,6 +151,22 @@ def test_rollout_in_progress_is_updating() -> None:
     assert cond(st, "Progressing")["reason"] == "RollingOut"
 
 
+def test_the_pod_a_rollout_restarts_is_updating_not_missing() -> None:
+    """A rolling update restarts one pod at a time: no Degraded warning for each of them
+    (found on Kubernetes); two not ready at once still is one."""
+    rolling = status.RolloutState(exists=True, observed=True, updated_replicas=1,
+                                  revisions_match=False)
+    before = compute(members(3))
+    st = compute(members(2), previous=before, rollout=rolling)
+    assert st["phase"] == "Updating"
+    assert cond(st, "Degraded")["status"] == "False"
+    assert cond(st, "Degraded")["reason"] == "RollingOut"
+    events = status.transition_events(before["conditions"], st["conditions"])
+    assert "MembersNotReady" not in [e[1] for e in events]
+    st = compute(members(1), previous=before, rollout=rolling)
+    assert cond(st, "Degraded")["status"] == "True"  # (and no quorum: Unavailable)
+
+
 def test_rollout_state_from_statefulset() -> None:
     sts = {"metadata": {"generation": 2},
            "status": {"observedGeneration": 2, "updatedReplicas": 3,
