@@ -239,6 +239,11 @@ async def refresh(
         previous = body.get("status") or {}
         if not previous.get("observedGeneration"):
             return None  # not reconciled yet: the create handler writes the first status
+        if scaling.wants_cycles(body):
+            # the members recorded last cycle may be gone already (a scale-down's leavers
+            # answer "not a member": QuorumLost for a cluster that serves); the drive
+            # timer's full cycles, every 2 s, read the configuration afresh
+            return None
         spec = ClusterSpec.from_body(body, settings.default_image)
         sts = await asyncio.to_thread(kube.statefulset, name, namespace)
         plan = scaling.Plan.recorded(

@@ -61,6 +61,35 @@ class FakeKube:
         return ["data-demo-0: 403 Forbidden"]
 
 
+class FakeKubeWithStatus(FakeKube):
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__()
+        self.body = body
+        self.written: list[dict[str, Any]] = []
+
+    def kvcluster(self, name: str, namespace: str) -> dict[str, Any]:
+        return copy.deepcopy(self.body)
+
+    def patch_status(self, name: str, namespace: str, status: dict[str, Any],
+                     resource_version: str | None = None) -> bool:
+        self.written.append(status)
+        return True
+
+
+async def test_a_status_refresh_leaves_a_scale_in_progress_to_the_full_cycles() -> None:
+    """The members recorded last cycle may have left already; counting them made a 3→1
+    scale-down report QuorumLost for seconds while the cluster served (found on
+    Kubernetes)."""
+    kube = FakeKube()
+    st, _ = await run(kube, kvcluster(spec={"replicas": 3}))
+    scaling_down = kvcluster(spec={"replicas": 1}, status={
+        **st, "scaling": {**st["scaling"], "phase": "ChangingMembership"}})
+    assert await reconcile.refresh(FakeKubeWithStatus(scaling_down), Settings(),  # type: ignore[arg-type]
+                                   "ns", "demo") is None
+    steady = FakeKubeWithStatus(kvcluster(spec={"replicas": 3}, status=st))
+    assert await reconcile.refresh(steady, Settings(), "ns", "demo") is not None  # type: ignore[arg-type]
+
+
 async def run(kube: FakeKube, body: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
     return await reconcile.reconcile(kube, Settings(), body, LOG)  # type: ignore[arg-type]
 
