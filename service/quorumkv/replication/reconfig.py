@@ -90,20 +90,26 @@ class MembershipChanger:
         if self._membership.node_id not in target:
             raise ChangeRefused("ask a replica that stays a member to drive the change")
         if self.running:
-            assert self.progress is not None
-            if self.progress.target != target:
-                raise ChangeRefused(f"a change to {sorted(self.progress.target)} is running")
-            return self.progress
+            return self._running(target)
         config = self._membership.config
         step = reconfig.next_step(config, target, rescanned=False)
         if isinstance(step, reconfig.Refused):
             raise ChangeRefused(step.reason)
         if isinstance(step, reconfig.Install) and step.config.is_joint:
             await self._check_answering(target)
-        if self._membership.config != config or self.running:  # changed while we checked
-            raise ChangeRefused("the configuration changed meanwhile; ask again")
+            if self.running:  # the same request, asked again while we checked
+                return self._running(target)
+            if self._membership.config != config:
+                raise ChangeRefused("the configuration changed meanwhile; ask again")
         self.progress = Progress(target, epoch=config.epoch)
         self._task = asyncio.create_task(self._run(self.progress), name="membership-change")
+        return self.progress
+
+    def _running(self, target: Mapping[str, str]) -> Progress:
+        """The change under way, if it is the one asked for."""
+        assert self.progress is not None
+        if self.progress.target != target:
+            raise ChangeRefused(f"a change to {sorted(self.progress.target)} is running")
         return self.progress
 
     async def _check_answering(self, target: Mapping[str, str]) -> None:
