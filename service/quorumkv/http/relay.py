@@ -75,7 +75,8 @@ async def send(node: Node, key: str, change: Single | None) -> Relayed:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise QuorumUnavailable(
                 f"this replica is not a member; member {member} did not answer the request "
-                f"passed on to it ({type(exc).__name__}); it may still take effect",
+                f"passed on to it ({type(exc).__name__})"
+                + ("; it may still take effect" if change is not None else ""),
                 indeterminate=change is not None) from None
     raise QuorumUnavailable("this replica is not a member, and no member could be reached")
 
