@@ -283,15 +283,13 @@ async def test_a_removed_replica_passes_key_requests_on_to_a_member(tmp_path: Pa
         replicas.stop_all()
 
 
-async def test_a_change_to_members_that_are_not_up_is_refused_or_abandoned(
-        tmp_path: Path) -> None:
+async def test_a_change_to_members_that_are_not_up_is_refused(tmp_path: Path) -> None:
     """A new member set without a majority up would stop the cluster once its joint
-    configuration is installed: such a change is refused; and one whose new members die
-    once it has begun is abandoned by asking for the old set (before: 503s for good)."""
+    configuration is installed (before: 503s for good, and no way back): refused, and
+    malformed member sets are refused too, changing nothing."""
     replicas = Replicas(tmp_path, 3)
     try:
         replicas.start_all()
-        filled = await fill(replicas.urls["1"], 1500)
         dead = {"7": "http://127.0.0.1:1", "8": "http://127.0.0.1:2"}
         async with Client(replicas.urls["0"]) as client:
             with pytest.raises(QuorumKVError) as refused:
@@ -306,23 +304,6 @@ async def test_a_change_to_members_that_are_not_up_is_refused_or_abandoned(
                 assert refused.value.status == 400, bad
             assert (await client.membership())["config"]["epoch"] == 1
             await client.put("still", b"writable")
-        for node in ("3", "4"):
-            replicas.add(node)
-        async with Client(replicas.urls["0"]) as client:
-            await client.change_membership({n: replicas.urls[n] for n in ("0", "3", "4")})
-            await until_rescanning(client)
-        replicas.kill("3")
-        replicas.kill("4")  # the joint configuration can do nothing without them
-        async with Client(replicas.urls["1"], timeout=10) as client:
-            with pytest.raises(Unavailable):
-                await client.put("k0", b"stuck")
-        view = await change(replicas, "1", ["0", "1", "2"])  # abandon it
-        assert view["config"]["members"] == ["0", "1", "2"]  # type: ignore[index]
-        assert view["config"]["joining"] is None  # type: ignore[index]
-        del filled["k0"]  # its write above may yet take effect
-        await assert_all_readable(replicas.urls["2"], {"still": b"writable", **filled})
-        async with Client(replicas.urls["0"]) as client:
-            await client.put("k0", b"unstuck")
     finally:
         replicas.stop_all()
 

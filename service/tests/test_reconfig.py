@@ -86,14 +86,11 @@ def test_a_configuration_of_an_earlier_version_agrees_but_names_no_additions() -
     assert not parsed.agrees_with(joint._replace(epoch=3))
 
 
-def test_asking_for_the_old_set_during_a_change_abandons_it() -> None:
-    """When the new members never come up, the joint configuration stops the cluster: the
-    way back is the old set alone, installed by a majority of it, with no rescan."""
+
+def test_a_change_under_way_has_no_way_back() -> None:
+    """Abandoning it for the old set would race its own end at the same epoch (a split
+    brain, found by adversarial testing): only its new set is accepted."""
     joint = make_config(2, ["0", "1", "2"], ["0", "7", "8"], URLS | {"7": "u7", "8": "u8"},
                         {"7": 2, "8": 2})
-    step = reconfig.next_step(joint, {n: URLS[n] for n in "012"}, rescanned=False)
-    assert isinstance(step, reconfig.Install)
-    assert step.config == make_config(3, ["0", "1", "2"], None, URLS)
-    assert reconfig.installing_quorum(step.config, joint) == step.config
-    other = reconfig.next_step(joint, {n: URLS[n] for n in "01"}, rescanned=False)
-    assert isinstance(other, reconfig.Refused) and "abandon it by asking for" in other.reason
+    back = reconfig.next_step(joint, {n: URLS[n] for n in "012"}, rescanned=False)
+    assert isinstance(back, reconfig.Refused) and "in progress" in back.reason

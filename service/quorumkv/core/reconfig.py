@@ -2,9 +2,14 @@
 
 Going from member set A to B: epoch e+1 = joint(A, B); a rescan re-proposes every key under
 joint quorums so the latest value of each is on a majority of B; epoch e+2 = B alone. One
-change at a time; asking for A during it abandons it (epoch e+2 = A alone). The resolver
-looks only at the current configuration (and whether the rescan finished), so a driver that
-crashed at any point resumes by asking it again.
+change at a time. The resolver looks only at the current configuration (and whether the
+rescan finished), so a driver that crashed at any point resumes by asking it again.
+
+There is no way back from a joint configuration but forward: abandoning it (the old set
+alone at epoch e+2) would race the change's own end at the same epoch, and replicas act on
+a configuration as soon as they adopt it, so each side could serve on its own (measured:
+two 201s for one create). That is why a change starts only with a majority of the new set
+up (`replication/reconfig.py`).
 """
 
 from __future__ import annotations
@@ -51,12 +56,9 @@ def next_step(current: Config, target: Mapping[str, str], rescanned: bool) -> St
         return Install(make_config(current.epoch + 1, current.members, members, urls,
                                    {**current.joined_map(), **added}))
     if current.joining != members:
-        if members == current.members:  # back to where it started: abandon the change
-            return Install(make_config(current.epoch + 1, members, None, current.url_map(),
-                                       current.joined_map()))
         return Refused(f"another change is in progress: {sorted(current.members)} -> "
-                       f"{sorted(current.joining or ())} at epoch {current.epoch}; finish it, "
-                       f"or abandon it by asking for {sorted(current.members)}")
+                       f"{sorted(current.joining or ())} at epoch {current.epoch}; finish it "
+                       "by asking for its new set")
     if not rescanned:
         return Rescan()
     return Install(make_config(current.epoch + 1, members, None, current.url_map(),
@@ -67,15 +69,9 @@ def installing_quorum(new: Config, old: Config) -> Config:
     """Whose acknowledgements make `new` durable enough to act on.
 
     Entering a joint configuration: a majority of the old members and of the new ones, so no
-    quorum of the old configuration can act any more. Leaving it for the new set: the joint
-    configuration's own quorum, which again covers both sides. Abandoning it (back to the
-    old set, e.g. when the new members never came up): a majority of the old set is enough.
-    Every joint quorum includes such a majority, so once one has moved on (refusing the
-    joint epoch) no joint quorum can act; and whatever the joint configuration chose is on a
-    majority of the old set already, so no rescan is needed either.
+    quorum of the old configuration can act any more. Leaving it: the joint configuration's
+    own quorum, which again covers both sides.
     """
     if new.is_joint:
-        return new
-    if old.is_joint and new.members == old.members:
         return new
     return old if old.is_joint else new
