@@ -248,6 +248,21 @@ async def test_damage_before_the_end_is_refused_not_cut(tmp_path: Path, where: s
     assert path.read_bytes() == bytes(data)  # left as found, for inspection
 
 
+def test_a_torn_frame_holding_a_frame_in_a_value_is_still_torn(tmp_path: Path) -> None:
+    """A client's value may hold a frame's bytes (a backup of a log, say): inside a torn
+    last frame they are no sign of damage (found by adversarial testing: exit 3)."""
+    storage = LogStorage(tmp_path)
+    storage.commit({"a": state(1, b"a")}, {})
+    storage.close()
+    inner = log_storage.encode_frame({}, {})
+    frame = log_storage.encode_frame({"b": state(1, b"x" * 5000 + inner + b"y" * 5000)}, {})
+    with open(tmp_path / LOG_NAME, "ab") as f:  # torn after the frame in the value
+        f.write(frame[:-3000])
+    states, storage = reopened(tmp_path)
+    assert states == {"a": state(1, b"a")}
+    storage.close()
+
+
 def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Path) -> None:
     (tmp_path / LOG_NAME).write_bytes(b"something else entirely")
     with pytest.raises(LogError, match="not a QuorumKV log"):

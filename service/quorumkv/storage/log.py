@@ -126,20 +126,35 @@ def replay(path: Path) -> Replay:
 
 
 def _whole_frame_after(data: bytes, pos: int) -> int | None:
-    """Where a whole frame starts after the broken one at `pos`, if anywhere.
+    """Where the whole frames that run to the log's end start after the broken one at
+    `pos`, if they do anywhere.
 
-    Every body is a msgpack pair, so only the places followed by its first byte are tried:
-    a few checksums instead of one per byte.
+    A whole frame alone is no proof: a broken (torn) last frame holds clients' values,
+    which may hold a frame's bytes too (a backup of a log, say), and the replica would not
+    restart. What is written after a damaged frame is a run of whole frames up to the
+    zeros or the file's end. Every body is a msgpack pair, so only the places followed by
+    its first byte are tried: a few checksums instead of one per byte.
     """
-    view = memoryview(data)
     body = data.find(BODY_START, pos + FRAME_HEAD.size + 1)
     while body != -1:
-        length, crc = FRAME_HEAD.unpack_from(data, body - FRAME_HEAD.size)
-        if 0 < length <= len(data) - body and zlib.crc32(view[body:body + length]) == crc:
-            return body - FRAME_HEAD.size
+        start = body - FRAME_HEAD.size
+        end = _whole_frames_end(data, start)
+        if end > start and data.count(0, end) == len(data) - end:
+            return start
         body = data.find(BODY_START, body + 1)
     return None
 
+
+def _whole_frames_end(data: bytes, pos: int) -> int:
+    """The end of the run of whole frames that starts at `pos` (`pos` if none does)."""
+    view = memoryview(data)
+    while pos + FRAME_HEAD.size <= len(data):
+        length, crc = FRAME_HEAD.unpack_from(data, pos)
+        body = pos + FRAME_HEAD.size
+        if not 0 < length <= len(data) - body or zlib.crc32(view[body:body + length]) != crc:
+            break
+        pos = body + length
+    return pos
 
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
