@@ -14,6 +14,7 @@ from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailab
 from quorumkv.core.changes import Put
 from quorumkv.core.messages import Forward
 from quorumkv.core.quorum import make_config
+from quorumkv.placement import rendezvous_order
 from quorumkv.replication.membership import Membership
 from quorumkv.replication.transport import PeerLink, PeerRefused
 from replicas import Replicas
@@ -249,11 +250,11 @@ async def test_a_batch_refused_for_a_newer_configuration_counts_as_not_sent(
 async def test_a_removed_replica_passes_key_requests_on_to_a_member(tmp_path: Path) -> None:
     """Until its pod is gone, a removed replica still gets the requests of clients that
     kept a connection to it: it relays them to a member (before, each answered 503)."""
-    replicas = Replicas(tmp_path, 3)
+    replicas = Replicas(tmp_path, 4)
     try:
         replicas.start_all()
-        await change(replicas, "0", ["0", "1"])
-        async with Client(replicas.urls["2"]) as removed, \
+        await change(replicas, "0", ["0", "1", "2"])
+        async with Client(replicas.urls["3"]) as removed, \
                 Client(replicas.urls["0"]) as member:
             put = await removed.put("k", b"v1", create_only=True)
             assert put.created
@@ -269,13 +270,23 @@ async def test_a_removed_replica_passes_key_requests_on_to_a_member(tmp_path: Pa
             assert not await removed.delete("k")
         # relayed once at most: a request that was passed on already is not passed again
         async with aiohttp.ClientSession() as session, \
-                session.get(replicas.urls["2"] + "/v1/kv/k",
+                session.get(replicas.urls["3"] + "/v1/kv/k",
                             headers={"X-QuorumKV-Relayed": "9"}) as resp:
             assert resp.status == 503 and "not a member" in await resp.text()
+        # a paused member is passed over (the heartbeats tell), not waited for
+        homed_at_0 = next(f"p{i}" for i in range(100)
+                          if rendezvous_order(f"p{i}", ["0", "1", "2"])[0] == "0")
+        replicas.pause("0")
+        await asyncio.sleep(1)
+        started = time.monotonic()
+        async with Client(replicas.urls["3"]) as removed:
+            await removed.put(homed_at_0, b"v")
+            assert (await removed.get(homed_at_0)) is not None
+        assert time.monotonic() - started < 2  # a request's timeout is 2.5 s
         replicas.kill("0")
         replicas.kill("1")
         started = time.monotonic()
-        async with Client(replicas.urls["2"]) as removed:
+        async with Client(replicas.urls["3"]) as removed:
             with pytest.raises(Unavailable):
                 await removed.put("k", b"v3")
         assert time.monotonic() - started < 5

@@ -63,7 +63,7 @@ async def send(node: Node, key: str, change: Single | None) -> Relayed:
     config = node.membership.config
     urls = config.url_map()
     timeout = aiohttp.ClientTimeout(total=node.settings.request_timeout + 1)
-    for member in rendezvous_order(key, config.voters):
+    for member in _by_liveness(node, rendezvous_order(key, config.voters)):
         try:
             async with node.session.request(method, key_url(urls[member], key),
                                             headers=headers, data=body,
@@ -79,6 +79,13 @@ async def send(node: Node, key: str, change: Single | None) -> Relayed:
                 + ("; it may still take effect" if change is not None else ""),
                 indeterminate=change is not None) from None
     raise QuorumUnavailable("this replica is not a member, and no member could be reached")
+
+
+def _by_liveness(node: Node, members: list[str]) -> list[str]:
+    """Members the heartbeats find answering first: a paused one would hold the request
+    until its timeout (the order is otherwise kept: the key's home first)."""
+    return sorted(members, key=lambda member: not (
+        (link := node.links.get(member)) is not None and link.reachable))
 
 
 def _request(change: Single | None) -> tuple[str, dict[str, str], bytes | None]:
