@@ -292,6 +292,22 @@ async def test_compaction_keeps_live_states_and_shrinks_the_log(
     storage.close()
 
 
+async def test_restarts_do_not_let_the_log_grow_without_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each start took the log's size as the size after the last rewrite, so a replica
+    restarted often never compacted (found by adversarial testing: 412 MB for 30 MB)."""
+    monkeypatch.setattr(log_storage, "COMPACT_MIN_BYTES", 16 << 10)
+    for run in range(48):  # ten keys overwritten, a restart between every 10 commits
+        storage = LogStorage(tmp_path)
+        for counter in range(10):
+            await commit(storage, {f"k{i}": state(run * 10 + counter + 1, b"x" * 100)
+                                   for i in range(10)}, {})
+        storage.close()
+    size = log_storage.replay(tmp_path / LOG_NAME).valid_bytes
+    assert size < 4 * (16 << 10), size  # 480 frames of ~1.2 KB without compaction
+
+
 async def test_commits_made_while_a_compaction_runs_are_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
