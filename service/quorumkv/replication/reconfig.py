@@ -114,8 +114,8 @@ class MembershipChanger:
 
     async def _check_answering(self, target: Mapping[str, str]) -> None:
         """Refuse to start a change whose new member set has no majority up: its joint
-        configuration, once installed, would stop every write and read until they come
-        (the way back is then to abandon the change)."""
+        configuration, once installed, would stop every write and read until they come,
+        and a change under way has no way back (`core.reconfig`)."""
         me = self._membership.node_id
         others = sorted(set(target) - {me})
         answers = await asyncio.gather(*(_answers(self._link_for(node, target[node]))
