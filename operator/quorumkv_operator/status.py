@@ -121,7 +121,7 @@ def compute(snap: Snapshot) -> dict[str, Any]:
     rolling = not (rollout.exists and rollout.observed and rollout.revisions_match
                    and rollout.updated_replicas >= plan.sts_replicas)
     # a rolling update restarts one pod at a time: that one is being updated, not missing
-    degraded = initialized and len(missing) > (1 if rolling and initialized else 0)
+    degraded = initialized and len(missing) > (1 if rolling else 0)
     sc = plan.status
     scaling_up = len(sc.get("to") or []) >= len(sc.get("from") or [])
     progress = (f"{len(sc.get('from') or [])} → {len(sc.get('to') or [])} members: "

@@ -99,20 +99,17 @@ def replay(path: Path) -> Replay:
         raise LogError(f"{path} is not a QuorumKV log (no {MAGIC!r} header)")
     states: dict[str, AcceptorState] = {}
     meta: dict[str, str] = {}
+    view = memoryview(data)
     pos = len(MAGIC)
-    while pos + FRAME_HEAD.size <= len(data):
-        length, crc = FRAME_HEAD.unpack_from(data, pos)
-        body = data[pos + FRAME_HEAD.size:pos + FRAME_HEAD.size + length]
-        if not length or len(body) < length or zlib.crc32(body) != crc:
-            break
-        frame_meta, rows = msgpack.unpackb(body)
+    while (end := _frame_end(view, pos)) is not None:
+        frame_meta, rows = msgpack.unpackb(view[pos + FRAME_HEAD.size:end])
         meta.update(frame_meta)
         for key, small, value in rows:
             if small is None:
                 states.pop(key, None)
             else:
                 states[key] = state_from_row(small, value)
-        pos += FRAME_HEAD.size + length
+        pos = end
     torn = data.count(0, pos) < len(data) - pos
     whole = _whole_frame_after(data, pos) if torn else None
     if whole is not None:
@@ -135,26 +132,28 @@ def _whole_frame_after(data: bytes, pos: int) -> int | None:
     zeros or the file's end. Every body is a msgpack pair, so only the places followed by
     its first byte are tried: a few checksums instead of one per byte.
     """
+    view = memoryview(data)
     body = data.find(BODY_START, pos + FRAME_HEAD.size + 1)
     while body != -1:
-        start = body - FRAME_HEAD.size
-        end = _whole_frames_end(data, start)
+        start = end = body - FRAME_HEAD.size
+        while (after := _frame_end(view, end)) is not None:
+            end = after
         if end > start and data.count(0, end) == len(data) - end:
             return start
         body = data.find(BODY_START, body + 1)
     return None
 
 
-def _whole_frames_end(data: bytes, pos: int) -> int:
-    """The end of the run of whole frames that starts at `pos` (`pos` if none does)."""
-    view = memoryview(data)
-    while pos + FRAME_HEAD.size <= len(data):
-        length, crc = FRAME_HEAD.unpack_from(data, pos)
-        body = pos + FRAME_HEAD.size
-        if not 0 < length <= len(data) - body or zlib.crc32(view[body:body + length]) != crc:
-            break
-        pos = body + length
-    return pos
+def _frame_end(view: memoryview, pos: int) -> int | None:
+    """Where the frame at `pos` ends, if a whole one (complete, checksum right) is there."""
+    if pos + FRAME_HEAD.size > len(view):
+        return None
+    length, crc = FRAME_HEAD.unpack_from(view, pos)
+    body = pos + FRAME_HEAD.size
+    if not 0 < length <= len(view) - body or zlib.crc32(view[body:body + length]) != crc:
+        return None
+    return body + int(length)
+
 
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
