@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from quorumkv import logs
 from quorumkv.http.app import make_app
+from quorumkv.http.errors import JsonErrorsHandler
 from quorumkv.http.fast_path import FastPath
 from quorumkv.http.keys import NODE
 from quorumkv.settings import ServeSettings
@@ -95,8 +96,11 @@ async def _serve(settings: ServeSettings) -> int:
     _tune_gc()
     assert runner.server is not None
     # key requests take the lean path; everything else, and anything unusual, aiohttp's
-    fast_path = FastPath(runner.app[NODE], runner.server)
     loop = asyncio.get_running_loop()
+    # (aiohttp's own connection handler, with the runner's settings, but JSON error bodies)
+    handlers = runner.server
+    fast_path = FastPath(runner.app[NODE],
+                         lambda: JsonErrorsHandler(handlers, loop=loop, **handlers._kwargs))
     try:
         server = await loop.create_server(fast_path, settings.listen_host,
                                           settings.listen_port, backlog=1024,

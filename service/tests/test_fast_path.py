@@ -8,6 +8,7 @@ import re
 from types import SimpleNamespace
 from typing import Any, NamedTuple, cast
 
+import orjson
 import pytest
 from quorumkv.http import kv
 from quorumkv.http.fast_path import FastPath, HandOver, Request, encode_answer, parse_request
@@ -226,10 +227,14 @@ async def test_a_connection_is_handed_to_aiohttp_at_the_first_unusual_request(
     assert refused.status == 413 and b"value_too_large" in refused.body
     writer.close()
 
-    reader, writer = await connect(cluster.urls["2"])  # malformed: aiohttp's 400
+    reader, writer = await connect(cluster.urls["2"])  # malformed: aiohttp's 400, in JSON
     writer.write(request("GET", "mixed") + b"GET /v1/kv/mixed HTTP/1.1\r\nBad Header\r\n\r\n")
     assert (await read_response(reader)).status == 200
-    assert (await read_response(reader)).status == 400
+    malformed = await read_response(reader)
+    assert malformed.status == 400 and malformed.headers["content-type"] == "application/json"
+    assert orjson.loads(malformed.body) == {"error": "bad_request",
+                                            "detail": "Invalid header token: b'Bad Header'"}
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection is closed
     writer.close()
 
 

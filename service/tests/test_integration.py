@@ -264,11 +264,24 @@ async def test_health_metrics_and_cluster_view(cluster: Replicas) -> None:
     assert info["node_id"] == "0" and info["quorum"] == 2 and info["ready"] is True
     assert {m["id"] for m in info["members"]} == {"0", "1", "2"}
     assert all(m["synced"] for m in info["members"])  # the fixture waited for it
-    async with aiohttp.ClientSession() as http, \
-            http.get(cluster.urls["0"] + "/metrics") as resp:
-        text = await resp.text()
+    async with aiohttp.ClientSession() as http:
+        # refusals count too: a key too long (the lean path, then aiohttp's), a value over
+        # the limit, a precondition on DELETE that is not supported
+        for method, path, headers, body in (
+                ("GET", "/v1/kv/" + "k" * 1025, {}, None),
+                ("GET", "/v1/kv/" + "k" * 1025, {"Content-Encoding": "identity"}, None),
+                ("PUT", "/v1/kv/big", {}, io.BytesIO(b"x" * (2 << 20))),
+                ("DELETE", "/v1/kv/m", {"If-None-Match": "*"}, None)):
+            async with http.request(method, cluster.urls["0"] + path, headers=headers,
+                                    data=body) as resp:
+                assert resp.status in (400, 413), (method, path, resp.status)
+        async with http.get(cluster.urls["0"] + "/metrics") as resp:
+            text = await resp.text()
     assert 'quorumkv_requests_total{op="put",outcome="201"} 1.0' in text
-    assert 'quorumkv_request_duration_seconds_count{op="put"} 1.0' in text
+    assert 'quorumkv_requests_total{op="get",outcome="400"} 2.0' in text
+    assert 'quorumkv_requests_total{op="put",outcome="413"} 1.0' in text
+    assert 'quorumkv_requests_total{op="delete",outcome="400"} 1.0' in text
+    assert 'quorumkv_request_duration_seconds_count{op="put"} 2.0' in text
     for name in ("quorumkv_requests_total", "quorumkv_request_duration_seconds",
                  "quorumkv_peer_reachable", "quorumkv_commit_duration_seconds",
                  "quorumkv_peer_batch_messages", "quorumkv_quorum_failures"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 
 import orjson
@@ -13,6 +14,7 @@ from quorumkv.errors import NotFound, ServiceError, ValueTooLarge
 from quorumkv.http import kv, relay
 from quorumkv.http.errors import error_response
 from quorumkv.http.keys import NODE
+from quorumkv.node import Node
 
 KEY_ROUTE = kv.KV_PREFIX + r"{tail:[\s\S]*}"  # the key is taken from the raw path (kv.key_of)
 
@@ -21,17 +23,23 @@ routes = web.RouteTableDef()
 
 @routes.get(KEY_ROUTE)
 async def get_key(request: web.Request) -> web.Response:
-    return _response(await kv.get(request.app[NODE], kv.key_of(request.raw_path),
-                                  relayed=_relayed(request)))
+    node = request.app[NODE]
+    return _response(await kv.observed(node, "get", _get(node, request)))
+
+
+async def _get(node: Node, request: web.Request) -> kv.Answer:
+    return await kv.get(node, kv.key_of(request.raw_path), relayed=_relayed(request))
 
 
 async def _expect_value(request: web.Request) -> web.StreamResponse | None:
     """`Expect: 100-continue`: a value we would refuse is refused before the client sends
     it, not told `100 Continue` first. (Runs outside the middlewares: it answers errors
     itself.)"""
+    started = time.perf_counter()
     try:
         _check_value_headers(request)
     except ServiceError as exc:
+        kv.record(request.app[NODE], "put", exc.status, started)
         return error_response(exc.status, exc.error, exc.detail)
     await _default_expect_handler(request)  # 100 Continue
     return None
@@ -40,6 +48,10 @@ async def _expect_value(request: web.Request) -> web.StreamResponse | None:
 @routes.put(KEY_ROUTE, expect_handler=_expect_value)
 async def put_key(request: web.Request) -> web.Response:
     node = request.app[NODE]
+    return _response(await kv.observed(node, "put", _put(node, request)))
+
+
+async def _put(node: Node, request: web.Request) -> kv.Answer:
     key = kv.key_of(request.raw_path)
     _check_value_headers(request)
     change = kv.put_change(b"", _header(request, "If-Match"), _header(request, "If-None-Match"))
@@ -49,15 +61,18 @@ async def put_key(request: web.Request) -> web.Response:
         raise ValueTooLarge(f"the value is larger than the limit of "
                             f"{node.settings.max_value_bytes} bytes") from None
     kv.check_length(node, len(value))
-    return _response(await kv.put(node, key, change._replace(value=value),
-                                  relayed=_relayed(request)))
+    return await kv.put(node, key, change._replace(value=value), relayed=_relayed(request))
 
 
 @routes.delete(KEY_ROUTE)
 async def delete_key(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return _response(await kv.observed(node, "delete", _delete(node, request)))
+
+
+async def _delete(node: Node, request: web.Request) -> kv.Answer:
     change = kv.delete_change(_header(request, "If-Match"), _header(request, "If-None-Match"))
-    return _response(await kv.delete(request.app[NODE], kv.key_of(request.raw_path), change,
-                                     relayed=_relayed(request)))
+    return await kv.delete(node, kv.key_of(request.raw_path), change, relayed=_relayed(request))
 
 
 def _response(answer: kv.Answer) -> web.Response:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from quorumkv.errors import QuorumUnavailable, ServiceError
 
@@ -53,3 +55,23 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unexpected error", extra={"method": request.method, "path": request.path})
         return error_response(500, "internal_error", "see the replica's log")
+
+
+class JsonErrorsHandler(RequestHandler):
+    """aiohttp's connection handler, answering what its HTTP parser refuses (a malformed
+    header, TLS sent to the plain port) in JSON too, as SPEC.md has every error body."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs; closes after
+        if status >= 500:
+            error, detail = "internal_error", "see the replica's log"
+        else:
+            error = HTTPStatus(status).phrase.lower().replace(" ", "_")
+            # the parser's message points at the fault with a caret on a line of its own
+            detail = " ".join(line.strip() for line in (message or "").splitlines()
+                              if line.strip() and line.strip() != "^")
+        response = error_response(plain.status, error, detail)
+        response.force_close()
+        return response

@@ -42,7 +42,7 @@ KEEPALIVE_TIMEOUT = 75.0  # seconds an idle connection stays open (aiohttp's def
 SWEEP_INTERVAL = 15.0
 
 _PREFIX = kv.KV_PREFIX.encode()
-_METHODS = frozenset((b"GET", b"PUT", b"DELETE"))
+_OPS = {b"GET": "get", b"PUT": "put", b"DELETE": "delete"}  # method -> op in the metrics
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # control characters other than tab, and CR or LF outside a CRLF pair
 _BAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
@@ -85,7 +85,7 @@ def parse_request(buf: bytes, max_body: int) -> tuple[Request, int] | HandOver |
         return HandOver("control characters in the head")
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in _METHODS \
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in _OPS \
             or not parts[1].startswith(_PREFIX) or not _TARGET.fullmatch(parts[1]):
         return HandOver("not a plain HTTP/1.1 key request")
     length = 0
@@ -124,6 +124,10 @@ def _text(value: bytes | None) -> str | None:
 
 
 async def answer(node: Node, request: Request) -> kv.Answer:
+    return await kv.observed(node, _OPS[request.method], _operation(node, request))
+
+
+async def _operation(node: Node, request: Request) -> kv.Answer:
     key = kv.key_of(request.target)
     if request.method == b"GET":
         return await kv.get(node, key)

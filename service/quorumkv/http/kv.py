@@ -2,12 +2,15 @@
 
 Two HTTP front ends call these: the aiohttp routes (`client_api`) and the lean keep-alive path
 (`fast_path`), so both answer a request the same way. Each function takes what it needs from
-the request, already parsed, and returns the answer or raises a `ServiceError`.
+the request, already parsed, and returns the answer or raises a `ServiceError`. The front ends
+run a whole key request, its parsing and checks included, inside `observed`, so every answer
+is counted in the metrics once, the `400`s of a bad key as much as the `503`s.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import NamedTuple
 
 from quorumkv.core.changes import Delete, Outcome, Put, Single
@@ -67,21 +70,35 @@ def check_length(node: Node, length: int) -> None:
         raise ValueTooLarge(f"the value is {length} bytes; the limit is {limit}")
 
 
+async def observed(node: Node, op: str, operation: Awaitable[Answer]) -> Answer:
+    """Run a key request's `operation` and count its answer, or its error, under `op`."""
+    started = time.perf_counter()
+    try:
+        answer = await operation
+    except QuorumUnavailable as exc:
+        node.metrics.quorum_failures.labels(op, str(exc.indeterminate).lower()).inc()
+        record(node, op, exc.status, started)
+        raise
+    except ServiceError as exc:
+        record(node, op, exc.status, started)
+        raise
+    record(node, op, answer.status, started)
+    return answer
+
+
+def record(node: Node, op: str, status: int, started: float) -> None:
+    """Count one answer; for the few a front end gives outside `observed`."""
+    node.metrics.observe_request(op, status, time.perf_counter() - started)
+
+
 async def get(node: Node, key: str, *, relayed: bool = False) -> Answer:
     """`relayed`: the request was passed on to us by a replica outside the membership."""
-    started = time.perf_counter()
     if not relayed and relay.needed(node):
-        return await _relay(node, "get", key, None, started)
+        return await _relay(node, key, None)
     assert node.coordinator is not None
-    try:
-        register = await node.coordinator.read(key)
-    except QuorumUnavailable as exc:
-        _observe_unavailable(node, "get", exc, started)
-        raise
+    register = await node.coordinator.read(key)
     if register.value is None:
-        _observe(node, "get", 404, started)
         raise NotFound(f"key {key!r} does not exist")
-    _observe(node, "get", 200, started)
     return Answer(200, register.etag or "", register.value, OCTET_STREAM)
 
 
@@ -95,12 +112,11 @@ def put_change(value: bytes, if_match: str | None, if_none_match: str | None) ->
 
 
 async def put(node: Node, key: str, change: Put, *, relayed: bool = False) -> Answer:
-    started = time.perf_counter()
     if not relayed and relay.needed(node):
-        return await _relay(node, "put", key, change, started)
-    outcome, register = await _change(node, "put", key, change, started)
+        return await _relay(node, key, change)
+    assert node.coordinator is not None
+    outcome, register = await node.coordinator.change(key, change)
     status = {Outcome.CREATED: 201, Outcome.REPLACED: 200}.get(outcome)
-    _observe(node, "put", status or 412, started)
     if status is None:
         raise PreconditionFailed(_precondition_detail(key, register))
     return Answer(status, register.etag or "")
@@ -115,53 +131,20 @@ def delete_change(if_match: str | None, if_none_match: str | None) -> Delete:
 
 
 async def delete(node: Node, key: str, change: Delete, *, relayed: bool = False) -> Answer:
-    started = time.perf_counter()
     if not relayed and relay.needed(node):
-        return await _relay(node, "delete", key, change, started)
-    outcome, register = await _change(node, "delete", key, change, started)
+        return await _relay(node, key, change)
+    assert node.coordinator is not None
+    outcome, register = await node.coordinator.change(key, change)
     if outcome is Outcome.DELETED:
-        _observe(node, "delete", 204, started)
         return Answer(204)
     if outcome is Outcome.NOT_FOUND:
-        _observe(node, "delete", 404, started)
         raise NotFound(f"key {key!r} does not exist")
-    _observe(node, "delete", 412, started)
     raise PreconditionFailed(_precondition_detail(key, register))
 
 
-async def _change(
-    node: Node, op: str, key: str, change: Single, started: float
-) -> tuple[Outcome, Register]:
-    assert node.coordinator is not None
-    try:
-        return await node.coordinator.change(key, change)
-    except QuorumUnavailable as exc:
-        _observe_unavailable(node, op, exc, started)
-        raise
-
-
-async def _relay(node: Node, op: str, key: str, change: Single | None,
-                 started: float) -> Answer:
+async def _relay(node: Node, key: str, change: Single | None) -> Answer:
     node.metrics.paths.inc("relay")
-    try:
-        answer = Answer(*await relay.send(node, key, change))
-    except QuorumUnavailable as exc:
-        _observe_unavailable(node, op, exc, started)
-        raise
-    except ServiceError as exc:
-        _observe(node, op, exc.status, started)
-        raise
-    _observe(node, op, answer.status, started)
-    return answer
-
-
-def _observe(node: Node, op: str, status: int, started: float) -> None:
-    node.metrics.observe_request(op, status, time.perf_counter() - started)
-
-
-def _observe_unavailable(node: Node, op: str, exc: QuorumUnavailable, started: float) -> None:
-    node.metrics.quorum_failures.labels(op, str(exc.indeterminate).lower()).inc()
-    _observe(node, op, 503, started)
+    return Answer(*await relay.send(node, key, change))
 
 
 def _precondition_detail(key: str, register: Register) -> str:
