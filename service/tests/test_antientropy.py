@@ -84,3 +84,32 @@ async def test_a_replica_that_missed_writes_is_repaired(comparing: Replicas) -> 
         + await metric(urls["0"], "quorumkv_antientropy_repairs_total") \
         + await metric(urls["1"], "quorumkv_antientropy_repairs_total") >= 30
     assert any(r["lasting"] for r in comparisons(comparing))
+
+
+async def test_many_missed_writes_are_repaired_about_once_each(comparing: Replicas) -> None:
+    """The restarted replica and both peers find the same differences at once (the peers
+    compare every 0.2 s here): the work is shared, not done by each of them."""
+    urls = comparing.urls
+    comparing.kill("2")
+    count = 3000
+    async with Client(urls["0"], timeout=10) as client:
+        slots = asyncio.Semaphore(32)
+
+        async def put(i: int) -> None:
+            async with slots:
+                await client.put(f"missed-{i:05d}", b"v" * 64)
+
+        await asyncio.gather(*(put(i) for i in range(count)))
+    comparing.start("2")
+    comparing.wait_ready(["2"], timeout=60)
+    deadline = time.monotonic() + 60
+    repairs, settled = -1.0, 0
+    while settled < 3:  # until no replica has repaired anything for three looks
+        assert time.monotonic() < deadline, "the repairs did not settle"
+        await asyncio.sleep(0.5)
+        total = sum([await metric(url, "quorumkv_antientropy_repairs_total")
+                     for url in urls.values()])
+        settled, repairs = (settled + 1 if total == repairs else 0), total
+    async with Client(urls["2"]) as client:
+        assert (await client.cluster())["keys"] == count
+    assert count <= repairs <= 1.25 * count  # before sharing: 2-3 repairs per key
