@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from quorumkv.core.quorum import Config, make_config
+from quorumkv.core.quorum import Config, founding_id, make_config
 from quorumkv.metrics import Metrics
 from quorumkv.replication.antientropy import AntiEntropy
 from quorumkv.replication.coordinator import FORWARD_GRACE, Coordinator
@@ -224,11 +224,13 @@ class Node:
                 peers = [self.links[p] for p in proposal.voters if p in self.links]
                 answers = await asyncio.gather(*(link.heartbeat() for link in peers))
                 if all(answers) and self.membership.config == proposal:
-                    adopted = self.membership.adopt(proposal._replace(epoch=1))
+                    founders = {link.peer_id: link.incarnation or "" for link in peers}
+                    cluster = founding_id({**founders, self.settings.node_id: self.incarnation})
+                    adopted = self.membership.adopt(proposal._replace(epoch=1, cluster=cluster))
                     if adopted is not None:
                         await adopted
                     log.info("bootstrapped a new cluster",
-                             extra={"members": sorted(proposal.voters)})
+                             extra={"members": sorted(proposal.voters), "cluster": cluster})
                     return
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
@@ -290,6 +292,7 @@ class Node:
             "node_id": self.settings.node_id,
             "url": self.settings.advertise_url,
             "incarnation": self.incarnation,
+            "cluster_id": config.cluster or None,
             "epoch": config.epoch,
             "members": members,
             "quorum": config.quorum_size(),

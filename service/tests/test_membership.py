@@ -319,6 +319,38 @@ async def test_a_change_to_members_that_are_not_up_is_refused(tmp_path: Path) ->
         replicas.stop_all()
 
 
+async def test_a_replica_of_another_cluster_is_refused_not_merged(tmp_path: Path) -> None:
+    """Adding a replica of another cluster by mistake (a wrong URL) is refused: before
+    cluster ids it adopted this cluster's configuration and dropped its own data."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ours, theirs = Replicas(tmp_path / "a", 3), Replicas(tmp_path / "b", 1)
+    try:
+        ours.start_all()
+        theirs.start_all()
+        ours.wait_ready(["0", "1", "2"])
+        theirs.wait_ready(["0"])
+        ids = {node: (await cluster_view(url))["cluster_id"] for node, url in ours.urls.items()}
+        their_id = (await cluster_view(theirs.urls["0"]))["cluster_id"]
+        assert len(set(ids.values())) == 1 and None not in ids.values(), ids
+        assert their_id not in (None, ids["0"])
+        async with Client(theirs.urls["0"]) as client:
+            await client.put("theirs", b"kept")
+        async with Client(ours.urls["0"]) as client:
+            with pytest.raises(QuorumKVError) as refused:
+                await client.change_membership({**ours.urls, "3": theirs.urls["0"]})
+            assert refused.value.status == 409 and "another cluster" in refused.value.detail
+            assert (await client.membership())["config"]["epoch"] == 1
+            await client.put("ours", b"writable")
+        info = await cluster_view(theirs.urls["0"])
+        assert info["epoch"] == 1 and info["cluster_id"] == their_id and info["ready"]
+        await assert_all_readable(theirs.urls["0"], {"theirs": b"kept"})
+        assert "refused a replica of another cluster" in theirs.log("0")
+    finally:
+        ours.stop_all()
+        theirs.stop_all()
+
+
 async def test_a_restarted_member_stays_ready_while_a_change_fills_the_new_ones(
         tmp_path: Path) -> None:
     """1→3 right after the only member restarted: it must stay ready, or no replica

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from quorumkv.core import reconfig
-from quorumkv.core.quorum import Config, make_config
+from quorumkv.core.quorum import Config, founding_id, make_config
+from quorumkv.replication.membership import Membership
 
 URLS = {str(i): f"http://n{i}" for i in range(6)}
 A = make_config(1, ["0", "1", "2"], None, URLS)
@@ -94,3 +98,40 @@ def test_a_change_under_way_has_no_way_back() -> None:
                         {"7": 2, "8": 2})
     back = reconfig.next_step(joint, {n: URLS[n] for n in "012"}, rescanned=False)
     assert isinstance(back, reconfig.Refused) and "in progress" in back.reason
+
+
+def test_every_configuration_of_a_cluster_carries_its_founding_id() -> None:
+    cluster = founding_id({"0": "inc-a", "1": "inc-b", "2": "inc-c"})
+    assert cluster == founding_id({"2": "inc-c", "0": "inc-a", "1": "inc-b"})  # any order
+    assert cluster != founding_id({"0": "inc-a", "1": "inc-b", "2": "inc-d"})
+    current = A._replace(cluster=cluster)
+    joint = reconfig.next_step(current, B, rescanned=False)
+    assert isinstance(joint, reconfig.Install) and joint.config.cluster == cluster
+    final = reconfig.next_step(joint.config, B, rescanned=True)
+    assert isinstance(final, reconfig.Install) and final.config.cluster == cluster
+    assert Config.from_json(final.config.to_json()) == final.config
+    assert "cluster" not in A.to_json()  # founded without an id: written as before
+    for bad in (7, "x" * 65):
+        with pytest.raises(ValueError):
+            Config.from_json({**current.to_json(), "cluster": bad})
+
+
+async def test_a_replica_never_adopts_a_configuration_of_another_cluster() -> None:
+    def persist(key: str, value: str) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    ours = A._replace(cluster="ours")
+    membership = Membership("0", "inc", ours, {}, persist)
+    theirs = make_config(9, ["0", "1"], None, URLS, cluster="theirs")
+    assert theirs.foreign_to(ours) and not theirs.foreign_to(A)
+    assert membership.adopt(theirs) is None and membership.config == ours
+    # a configuration made by a replica of a version without ids keeps ours
+    assert membership.adopt(make_config(2, ["0", "1"], None, URLS)) is not None
+    assert membership.config.epoch == 2 and membership.config.cluster == "ours"
+    # a replica that has not joined takes the cluster of whoever adds it
+    fresh = Membership("5", "inc5", make_config(0, ["5"], None, URLS), {}, persist)
+    assert fresh.adopt(theirs._replace(members=frozenset({"0", "5"}))) is not None
+    assert fresh.config.cluster == "theirs"
+

@@ -8,8 +8,11 @@ change.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
+
+MAX_CLUSTER_ID = 64
 
 
 class Config(NamedTuple):
@@ -21,6 +24,11 @@ class Config(NamedTuple):
     # configuration that added it last. A node that was removed and added back while it
     # was down never saw the removal; this tells it that its data predates its membership.
     joined: tuple[tuple[str, int], ...] = ()
+    # The cluster's id, fixed when it was founded (`founding_id`) and carried by every later
+    # configuration: replicas of two clusters never adopt each other's configuration or
+    # take each other's batches. "" before a replica has joined, and in clusters founded by
+    # a version without ids.
+    cluster: str = ""
 
     @property
     def voters(self) -> frozenset[str]:
@@ -52,6 +60,11 @@ class Config(NamedTuple):
         and it matters only to the node it names."""
         return self[:4] == other[:4]
 
+    def foreign_to(self, other: Config) -> bool:
+        """Whether the two configurations belong to different clusters (as far as both
+        know: one without an id belongs to any)."""
+        return bool(self.cluster and other.cluster and self.cluster != other.cluster)
+
     def is_quorum(self, acks: Iterable[str]) -> bool:
         acked = set(acks)
         if not _majority(self.members, acked):
@@ -69,6 +82,8 @@ class Config(NamedTuple):
                "urls": dict(self.urls)}
         if self.joined:
             raw["joined"] = dict(self.joined)
+        if self.cluster:
+            raw["cluster"] = self.cluster
         return raw
 
     @classmethod
@@ -91,13 +106,18 @@ class Config(NamedTuple):
                 isinstance(k, str) and isinstance(v, int) and v >= 0
                 for k, v in joined.items())):
             raise ValueError(f"malformed epochs of joining: {joined!r}")
-        return make_config(epoch, members, joining, urls, joined)
+        cluster = raw.get("cluster", "")
+        if not (isinstance(cluster, str) and len(cluster) <= MAX_CLUSTER_ID):
+            raise ValueError(f"malformed cluster id: {cluster!r}")
+        return make_config(epoch, members, joining, urls, joined, cluster)
 
 
 def make_config(epoch: int, members: Iterable[str], joining: Iterable[str] | None,
-                urls: Mapping[str, str], joined: Mapping[str, int] | None = None) -> Config:
+                urls: Mapping[str, str], joined: Mapping[str, int] | None = None,
+                cluster: str = "") -> Config:
     """A configuration; `urls` and `joined` may name more nodes than its voters."""
-    config = Config(epoch, frozenset(members), None if joining is None else frozenset(joining))
+    config = Config(epoch, frozenset(members), None if joining is None else frozenset(joining),
+                    cluster=cluster)
     missing = config.voters - set(urls)
     if missing:
         raise ValueError(f"no URL for member(s) {sorted(missing)}")
@@ -109,3 +129,16 @@ def make_config(epoch: int, members: Iterable[str], joining: Iterable[str] | Non
 
 def _majority(members: frozenset[str], acked: set[str]) -> bool:
     return len(members & acked) * 2 > len(members)
+
+
+def founding_id(incarnations: Mapping[str, str]) -> str:
+    """The id of a cluster founded by these data directories (node -> incarnation).
+
+    Its founders make the first configuration each on its own, once all of them answer
+    (`node.bootstrap_config`), so the id must come out the same everywhere without a
+    round of agreement: a hash of what each of them learned from the others' answers.
+    Incarnations are random per data directory, so no two clusters share it.
+    """
+    material = "\n".join(f"{node}={incarnation}"
+                          for node, incarnation in sorted(incarnations.items()))
+    return hashlib.blake2b(material.encode(), digest_size=8).hexdigest()

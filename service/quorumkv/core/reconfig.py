@@ -54,7 +54,7 @@ def next_step(current: Config, target: Mapping[str, str], rescanned: bool) -> St
         urls = {**current.url_map(), **target}
         added = {node: current.epoch + 1 for node in members - current.members}
         return Install(make_config(current.epoch + 1, current.members, members, urls,
-                                   {**current.joined_map(), **added}))
+                                   {**current.joined_map(), **added}, current.cluster))
     if current.joining != members:
         return Refused(f"another change is in progress: {sorted(current.members)} -> "
                        f"{sorted(current.joining or ())} at epoch {current.epoch}; finish it "
@@ -62,7 +62,7 @@ def next_step(current: Config, target: Mapping[str, str], rescanned: bool) -> St
     if not rescanned:
         return Rescan()
     return Install(make_config(current.epoch + 1, members, None, current.url_map(),
-                               current.joined_map()))
+                               current.joined_map(), current.cluster))
 
 
 def installing_quorum(new: Config, old: Config) -> Config:

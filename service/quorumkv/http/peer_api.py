@@ -110,12 +110,20 @@ async def _answer_frame(node: Node, ws: web.WebSocketResponse, request_id: int,
 
 async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
     """(status, body) for one batch: 200 and the replies, 400 if malformed, 409 if made
-    under another configuration or by an unknown identity."""
+    under another configuration, by an unknown identity or in another cluster."""
     try:
         envelope = unpack_envelope(data)
     except ValueError as exc:
         return 400, error_body("bad_request", f"malformed peer batch: {exc}")
     membership = node.membership
+    if envelope.config.foreign_to(membership.config):
+        if membership.first_refusal(envelope.sender, envelope.incarnation):
+            log.warning("refused a replica of another cluster", extra={
+                "peer": envelope.sender, "incarnation": envelope.incarnation,
+                "its_cluster": envelope.config.cluster, "cluster": membership.config.cluster})
+        return _refuse(node, "foreign_cluster",
+                       f"node {envelope.sender!r} belongs to cluster {envelope.config.cluster}; "
+                       f"this replica belongs to cluster {membership.config.cluster}")
     if envelope.config.epoch > membership.config.epoch:
         adopted = membership.adopt(envelope.config)
         if adopted is not None:

@@ -12,6 +12,10 @@ disk comes back as a stranger: it cannot vote with promises it has forgotten, an
 (`stale`), so it reports itself not ready. Removing a node from the membership forgets its
 incarnation, so it can be added back later with a new disk through the same change procedure.
 
+Every configuration carries the cluster's id, fixed when the cluster was founded; a replica
+never adopts a configuration of another cluster nor takes its batches, so a replica of
+another cluster named as a peer or a new member by mistake is refused, not merged.
+
 A node that becomes a voter (added by a change) forgets every acceptor state it had before it
 acknowledges the configuration: a stale data directory from an earlier membership (a PVC kept
 after a scale-down) could otherwise bring back an old accepted value at a high ballot and
@@ -68,9 +72,13 @@ class Membership:
         self._on_join = forget
 
     def adopt(self, config: Config) -> asyncio.Future[None] | None:
-        """Take `config` if it is newer; returns the commit to wait for before acting on it."""
-        if config.epoch <= self.config.epoch:
+        """Take `config` if it is newer and of this cluster; returns the commit to wait for
+        before acting on it."""
+        if config.epoch <= self.config.epoch or config.foreign_to(self.config):
             return None
+        if not config.cluster and self.config.initialized:
+            # made by a replica of a version without cluster ids, during a rolling upgrade
+            config = config._replace(cluster=self.config.cluster)
         old, self.config = self.config, config
         self._refusals_told.clear()
         joined = self.node_id in config.voters and not (

@@ -34,20 +34,24 @@ KEY_ATTEMPTS = 10  # per key, with backoff capped at 2 s: rides out a few second
 # minimum majority (a paused member, a restart) instead of failing the whole change
 
 
+class ChangeRefused(Exception):
+    """The change cannot be made (now): another one is running, or it asks the impossible."""
+
+
 async def _answers(link: PeerLink) -> bool:
     """Whether the peer is up: it answers an empty batch, even if only to refuse it. More
-    patient than a heartbeat: a replica just started may be slow to accept a connection."""
+    patient than a heartbeat: a replica just started may be slow to accept a connection.
+    Raises `ChangeRefused` for a replica of another cluster: it would refuse the change."""
     try:
         await link.exchange([], timeout=CHECK_TIMEOUT)
-    except PeerRefused:
+    except PeerRefused as exc:
+        if exc.error == "foreign_cluster":
+            raise ChangeRefused(f"{link.peer_id} at {link.base_url} is a replica of another "
+                                f"cluster: {exc}") from None
         return True
     except PeerUnavailable:
         return False
     return True
-
-
-class ChangeRefused(Exception):
-    """The change cannot be made (now): another one is running, or it asks the impossible."""
 
 
 @dataclasses.dataclass

@@ -51,11 +51,12 @@ class PeerUnavailable(Exception):
 
 
 class PeerRefused(PeerUnavailable):
-    """The peer answers but refused the batch (another configuration or identity) before
-    acting on any of its messages."""
+    """The peer answers but refused the batch (another configuration, identity or cluster)
+    before acting on any of its messages; `error` is its reason's code (`peer_api`)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, error: str = "") -> None:
         super().__init__(reason, sent=False)
+        self.error = error
 
 
 BatchObserver = Callable[[str, int, float], None]  # (peer, messages, seconds)
@@ -95,6 +96,7 @@ class PeerLink:
         self.last_answer = 0.0  # monotonic time of the last batch the peer answered
         self.last_error = "not contacted yet"
         self.protocol = 1  # the peer protocol version of its last answer (wire.PROTOCOL)
+        self.incarnation: str | None = None  # the peer's, as of its last answer
 
     def call(self, msg: PeerRequest, config: Config | None = None) -> asyncio.Future[PeerReply]:
         """Queue `msg`, made under `config` (default: the current one); the future gets the
@@ -175,7 +177,7 @@ class PeerLink:
             status, data = await self._stream.request(
                 body, self._timeout if timeout is None else timeout)
             if status == 409:
-                raise PeerRefused(self._refused(data))
+                raise self._refused(data)
             if status != 200:
                 raise PeerUnavailable(f"{self.peer_id} answered {status}: {bytes(data[:200])!r}")
             incarnation, replies, protocol = unpack_replies(data)
@@ -204,21 +206,23 @@ class PeerLink:
             log.info("peer reachable", extra={"peer": self.peer_id})
         self.reachable = True
         self.protocol = protocol
+        self.incarnation = incarnation
         self.last_answer = time.monotonic()
         return replies
 
-    def _refused(self, data: bytes) -> str:
-        """A 409: the peer has another configuration (adopt it if newer) or refuses our
-        identity (we may have lost our disk)."""
+    def _refused(self, data: bytes) -> PeerRefused:
+        """A 409: the peer has another configuration (adopt it if newer), refuses our
+        identity (we may have lost our disk) or belongs to another cluster."""
         try:
             body = orjson.loads(data)
             error, config = body["error"], Config.from_json(body["config"])
         except (ValueError, KeyError, TypeError):
-            return f"{self.peer_id} answered 409: {data[:200]!r}"
+            return PeerRefused(f"{self.peer_id} answered 409: {data[:200]!r}")
         if error == "unknown_identity" and self._membership.node_id in config.voters:
             self._membership.refused_by.add(self.peer_id)
         self._membership.adopt(config)
-        return f"{self.peer_id} refused the batch: {error} (its epoch {config.epoch})"
+        return PeerRefused(f"{self.peer_id} refused the batch: {error} (its epoch "
+                           f"{config.epoch}, cluster {config.cluster or 'without id'})", error)
 
     def _mark_down(self, reason: str) -> None:
         was_reachable, self.reachable = self.reachable, False
