@@ -59,16 +59,17 @@ ROUTES_TTL = 10.0  # seconds a cluster view routes keys before it is asked for a
 DOWN_FOR = 5.0  # seconds a replica that failed a request is not routed to
 
 
-def new_session(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
-    """A session that never resends a request by itself.
+def new_session(**options: Any) -> aiohttp.ClientSession:
+    """A session (`options` as for `aiohttp.ClientSession`) that never resends a request by
+    itself.
 
     aiohttp resends PUT and DELETE once when a kept-alive connection breaks (RFC 9112 lets
     it for idempotent methods), but the first one may have been applied: a resent write can
     land after someone else's, and a compare-and-set that succeeded can come back 412. There
     is no public switch, so this sets the private one. Sessions passed in by the caller are
-    the caller's to configure.
+    the caller's to configure. Replicas use it too: they relay key requests.
     """
-    session = aiohttp.ClientSession(timeout=timeout)
+    session = aiohttp.ClientSession(**options)
     session._retry_connection = False
     return session
 
@@ -133,7 +134,7 @@ class Client:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = new_session(self._timeout)
+            self._session = new_session(timeout=self._timeout)
         return self._session
 
     async def put(

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from quorumkv.client import new_session
 from quorumkv.core.quorum import Config, founding_id, make_config
 from quorumkv.metrics import Metrics
 from quorumkv.replication.antientropy import AntiEntropy
@@ -104,13 +105,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        # no DNS cache: connections to peers are long-lived, so names are looked up only to
-        # reconnect, and then a restarted pod's new address must be found at once (aiohttp's
-        # 10 s cache kept peers dialling the old one: 8-13 s of 503s after a pod restart)
-        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True,
-                                         use_dns_cache=False,
-                                         local_addr=_source_address(self.settings.listen_host))
-        self._session = aiohttp.ClientSession(connector=connector)
+        self._session = replica_session(self.settings.listen_host)
         self._link_voters(self.membership.config)
         self.coordinator = Coordinator(
             self.membership, self.boot, self.local, self.links, self.settings.request_timeout,
@@ -302,6 +297,18 @@ class Node:
             "reason": reason,
             "keys": len(self.local),
         }
+
+
+def replica_session(listen_host: str) -> aiohttp.ClientSession:
+    """The session a replica reaches its peers with, and relays key requests over."""
+    # no DNS cache: connections to peers are long-lived, so names are looked up only to
+    # reconnect, and then a restarted pod's new address must be found at once (aiohttp's
+    # 10 s cache kept peers dialling the old one: 8-13 s of 503s after a pod restart)
+    connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True, use_dns_cache=False,
+                                     local_addr=_source_address(listen_host))
+    # never resending by itself: a relayed write resent after a broken connection applied
+    # twice (a compare-and-set that succeeded answered 412)
+    return new_session(connector=connector)
 
 
 def _source_address(listen_host: str) -> tuple[str, int] | None:

@@ -10,17 +10,22 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import aiohttp
 import pytest
 from quorumkv.client import Client, PreconditionFailed, PutResult, QuorumKVError, Unavailable
 from quorumkv.core.acceptor import Promise
 from quorumkv.core.ballot import Ballot
+from quorumkv.core.changes import Put
 from quorumkv.core.messages import Read, Unchanged
-from quorumkv.core.quorum import Config
-from quorumkv.node import EXIT_STORAGE_FAILED
+from quorumkv.core.quorum import Config, make_config
+from quorumkv.errors import NotFound, QuorumUnavailable
+from quorumkv.http import relay
+from quorumkv.node import EXIT_STORAGE_FAILED, Node, replica_session
 from quorumkv.placement import home_of
 from quorumkv.replication import stream as stream_module
 from quorumkv.replication import wire
@@ -714,3 +719,67 @@ async def test_a_key_routing_client_sends_each_key_to_its_home(cluster: Replicas
         for key in orphans:
             got = await routed.get(key)
             assert got is not None and got.value == b"after"
+
+
+@pytest.fixture
+async def dying_replica() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A server that answers its first request `404` and keeps the connection alive, then
+    takes the next request and closes without answering, as a replica killed mid-request
+    does; yields its URL and the methods of every request it received."""
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            received.append(head.split(b" ")[0])
+            if len(received) > 1:
+                writer.close()
+                return
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 35\r\n\r\n"
+                         b'{"error":"not_found","detail":"no"}')
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", received
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+async def test_a_write_whose_connection_broke_is_never_resent_by_the_client(
+        method: str, dying_replica: tuple[str, list[bytes]]) -> None:
+    """aiohttp resends PUT and DELETE once when a kept-alive connection breaks, but the first
+    may have been applied: the client's session (`new_session`) must send it once."""
+    url, received = dying_replica
+    async with Client(url, timeout=5) as client:
+        assert await client.get("k") is None  # the connection is now kept alive
+        with pytest.raises((QuorumKVError, aiohttp.ClientError)):
+            if method == "PUT":
+                await client.put("k", b"v", if_match='"1.1.1"')
+            else:
+                await client.delete("k", if_match='"1.1.1"')
+    assert received == [b"GET", method.encode()]
+
+
+async def test_a_relayed_write_whose_connection_broke_is_never_resent(
+        dying_replica: tuple[str, list[bytes]]) -> None:
+    """A replica outside the membership relays key requests to a member. Its session resent
+    a compare-and-set after the member was killed holding it; the resend went to the next
+    member, which answered 412 for the change the first had made (Jepsen, seed 14)."""
+    url, received = dying_replica
+    session = replica_session("127.0.0.1")
+    node = cast(Node, SimpleNamespace(
+        membership=SimpleNamespace(config=make_config(5, ["0"], None, {"0": url})),
+        settings=SimpleNamespace(node_id="9", request_timeout=5.0), session=session, links={}))
+    try:
+        with pytest.raises(NotFound):
+            await relay.send(node, "k", None)
+        with pytest.raises(QuorumUnavailable) as unavailable:
+            await relay.send(node, "k", Put(b"v", if_match='"1.1.1"'))
+        assert unavailable.value.indeterminate
+        assert received == [b"GET", b"PUT"]
+    finally:
+        await session.close()
