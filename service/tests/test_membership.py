@@ -15,7 +15,9 @@ from quorumkv.core.changes import Put
 from quorumkv.core.messages import Forward
 from quorumkv.core.quorum import make_config
 from quorumkv.placement import rendezvous_order
+from quorumkv.replication import reconfig as reconfig_driver
 from quorumkv.replication.membership import Membership
+from quorumkv.replication.reconfig import ChangeRefused
 from quorumkv.replication.transport import PeerLink, PeerRefused
 from replicas import Replicas
 
@@ -348,6 +350,28 @@ async def test_a_replica_of_another_cluster_is_refused_not_merged(tmp_path: Path
         assert "refused a replica of another cluster" in theirs.log("0")
     finally:
         ours.stop_all()
+        theirs.stop_all()
+
+
+async def test_a_replica_that_refuses_our_configuration_is_not_added(tmp_path: Path) -> None:
+    """A cluster founded before cluster ids has none to tell a stranger by. A replica about
+    to be added that refuses our configuration (here: it knows a newer one) must neither
+    hand its configuration to us nor be added (before: every member adopted it)."""
+    theirs = Replicas(tmp_path, 3)
+    try:
+        theirs.start_all()
+        await change(theirs, "0", ["0", "1"])  # their epoch is now 3
+        ours = make_config(1, ["a"], None, {"a": "http://127.0.0.1:1"})  # no id, epoch 1
+        membership = Membership("a", "inc-a", ours, {}, lambda key, value: _done())
+        async with aiohttp.ClientSession() as session:
+            link = PeerLink("d", theirs.urls["0"], session=session, membership=membership,
+                            token=None, timeout=5)
+            with pytest.raises(ChangeRefused, match="refuses this cluster's configuration"):
+                await reconfig_driver._answers(link, member=False)
+            assert membership.config == ours  # not adopted from a replica about to be added
+            assert await reconfig_driver._answers(link, member=True)  # a member: it answers
+        assert membership.config == ours
+    finally:
         theirs.stop_all()
 
 

@@ -127,9 +127,13 @@ async def test_a_replica_never_adopts_a_configuration_of_another_cluster() -> No
     theirs = make_config(9, ["0", "1"], None, URLS, cluster="theirs")
     assert theirs.foreign_to(ours) and not theirs.foreign_to(A)
     assert membership.adopt(theirs) is None and membership.config == ours
-    # a configuration made by a replica of a version without ids keeps ours
-    assert membership.adopt(make_config(2, ["0", "1"], None, URLS)) is not None
+    # nor one without an id: it may be of a cluster founded before ids
+    assert membership.adopt(make_config(2, ["0", "1"], None, URLS)) is None
+    assert membership.adopt(make_config(2, ["0", "1"], None, URLS, cluster="ours"))
     assert membership.config.epoch == 2 and membership.config.cluster == "ours"
+    # a replica of a cluster founded before ids takes any, as before
+    old = Membership("0", "inc", A, {}, persist)
+    assert old.adopt(theirs) is not None and old.config == theirs
     # a replica that has not joined takes the cluster of whoever adds it
     fresh = Membership("5", "inc5", make_config(0, ["5"], None, URLS), {}, persist)
     assert fresh.adopt(theirs._replace(members=frozenset({"0", "5"}))) is not None

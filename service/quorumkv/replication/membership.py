@@ -73,12 +73,15 @@ class Membership:
 
     def adopt(self, config: Config) -> asyncio.Future[None] | None:
         """Take `config` if it is newer and of this cluster; returns the commit to wait for
-        before acting on it."""
-        if config.epoch <= self.config.epoch or config.foreign_to(self.config):
+        before acting on it. A replica that knows its cluster's id takes only configurations
+        that carry it: one without an id may come from a cluster founded before ids (found
+        by adversarial testing: a change adding such a replica handed its configuration to
+        every member)."""
+        if config.epoch <= self.config.epoch:
             return None
-        if not config.cluster and self.config.initialized:
-            # made by a replica of a version without cluster ids, during a rolling upgrade
-            config = config._replace(cluster=self.config.cluster)
+        if self.config.initialized and self.config.cluster \
+                and config.cluster != self.config.cluster:
+            return None
         old, self.config = self.config, config
         self._refusals_told.clear()
         joined = self.node_id in config.voters and not (

@@ -38,17 +38,24 @@ class ChangeRefused(Exception):
     """The change cannot be made (now): another one is running, or it asks the impossible."""
 
 
-async def _answers(link: PeerLink) -> bool:
-    """Whether the peer is up: it answers an empty batch, even if only to refuse it. More
-    patient than a heartbeat: a replica just started may be slow to accept a connection.
-    Raises `ChangeRefused` for a replica of another cluster: it would refuse the change."""
+async def _answers(link: PeerLink, member: bool) -> bool:
+    """Whether the peer is up: it answers an empty batch. More patient than a heartbeat: a
+    replica just started may be slow to accept a connection.
+
+    A `member` may refuse the batch (it has moved on, say): it is up. A new member must take
+    it: one that has not joined adopts our configuration, and so does a replica removed from
+    this cluster earlier. One that refuses knows a configuration we cannot take (newer than
+    ours, or of another cluster): it is a replica of another cluster, or we are behind.
+    Adding it would hand its configuration to our members, or count on a vote we never get.
+    """
     try:
         await link.exchange([], timeout=CHECK_TIMEOUT)
     except PeerRefused as exc:
-        if exc.error == "foreign_cluster":
-            raise ChangeRefused(f"{link.peer_id} at {link.base_url} is a replica of another "
-                                f"cluster: {exc}") from None
-        return True
+        if member:
+            return True
+        raise ChangeRefused(f"{link.peer_id} at {link.base_url} refuses this cluster's "
+                            f"configuration: it belongs to another cluster, or this replica "
+                            f"is behind ({exc})") from None
     except PeerUnavailable:
         return False
     return True
@@ -122,8 +129,9 @@ class MembershipChanger:
         and a change under way has no way back (`core.reconfig`)."""
         me = self._membership.node_id
         others = sorted(set(target) - {me})
-        answers = await asyncio.gather(*(_answers(self._link_for(node, target[node]))
-                                         for node in others))
+        members = self._membership.config.voters
+        answers = await asyncio.gather(*(_answers(self._link_for(node, target[node]),
+                                                  node in members) for node in others))
         answering = {me} | {node for node, ok in zip(others, answers, strict=True) if ok}
         if len(answering) * 2 <= len(target):
             silent = sorted(set(target) - answering)

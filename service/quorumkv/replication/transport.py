@@ -220,7 +220,10 @@ class PeerLink:
             return PeerRefused(f"{self.peer_id} answered 409: {data[:200]!r}")
         if error == "unknown_identity" and self._membership.node_id in config.voters:
             self._membership.refused_by.add(self.peer_id)
-        self._membership.adopt(config)
+        ours = self._membership.config
+        if not ours.initialized or self.peer_id in ours.voters:
+            # only from our own voters: a replica about to be added may be another cluster's
+            self._membership.adopt(config)
         return PeerRefused(f"{self.peer_id} refused the batch: {error} (its epoch "
                            f"{config.epoch}, cluster {config.cluster or 'without id'})", error)
 
