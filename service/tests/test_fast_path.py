@@ -51,6 +51,8 @@ def test_an_incomplete_request_waits_for_more_bytes() -> None:
     b"GET /v1/kv/a HTTP/1.1\nHost: h\n\n",
     b"GET /v1/kv/a HTTP/1.1\r\nX: " + b"y" * 40_000,
     b"GET /v1/kv/a HTTP/1.1\r\nX: " + b"y" * 20_000 + b"\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01",  # a TLS ClientHello: at once, not after a head that never ends
+    b"get /v1/kv/a",
 ])
 def test_anything_unusual_goes_to_aiohttp(data: bytes) -> None:
     assert isinstance(parse_request(data, LIMIT), HandOver)
@@ -218,6 +220,19 @@ async def test_a_connection_is_handed_to_aiohttp_at_the_first_unusual_request(
     assert (await read_response(reader)).status == 200
     writer.write(b"GET /v1/kv/mixed HTTP/1.0\r\n\r\n")
     assert (await read_response(reader)).body == b"xy"
+    writer.close()
+
+    reader, writer = await connect(cluster.urls["2"])  # an expectation we do not know
+    writer.write(b"PUT /v1/kv/mixed HTTP/1.1\r\nHost: t\r\nExpect: foo\r\n"
+                 b"Content-Length: 2\r\n\r\n")
+    refused = await read_response(reader)
+    assert refused.status == 417 and orjson.loads(refused.body)["error"] == "expectation_failed"
+    writer.close()
+
+    reader, writer = await connect(cluster.urls["2"])  # TLS to the plain port: answered
+    writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    refused = await read_response(reader)
+    assert refused.status == 400 and b"HTTPS" in refused.body
     writer.close()
 
     reader, writer = await connect(cluster.urls["2"])  # a value too large: refused at once

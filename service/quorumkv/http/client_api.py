@@ -38,10 +38,13 @@ async def _expect_value(request: web.Request) -> web.StreamResponse | None:
     started = time.perf_counter()
     try:
         _check_value_headers(request)
+        await _default_expect_handler(request)  # 100 Continue; 417 for any other Expect
     except ServiceError as exc:
         kv.record(request.app[NODE], "put", exc.status, started)
         return error_response(exc.status, exc.error, exc.detail)
-    await _default_expect_handler(request)  # 100 Continue
+    except web.HTTPExpectationFailed as exc:
+        kv.record(request.app[NODE], "put", exc.status, started)
+        return error_response(exc.status, "expectation_failed", exc.text or "")
     return None
 
 

@@ -75,6 +75,8 @@ INCOMPLETE = None
 def parse_request(buf: bytes, max_body: int) -> tuple[Request, int] | HandOver | None:
     """The request at the start of `buf` and where it ends; None if more bytes are needed;
     `HandOver` if it is anything but a plain key request."""
+    if not buf[:1].isupper():  # no method: TLS sent to this port, say; aiohttp answers it
+        return HandOver("not an HTTP request")
     end = buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
     if end < 0:
         if len(buf) >= MAX_HEAD + 4 or b"\n\n" in buf:
