@@ -24,7 +24,7 @@ class Metrics:
         self.paths = LoopCounter("quorumkv_paxos_paths",
                                  "Protocol paths taken: fast/slow reads and writes, fast "
                                  "creates, forwards, conflicts, changes batched with "
-                                 "others of their key",
+                                 "others of their key, refusals answered from a read",
                                  ["path"])
         r.register(self.paths)
         self.peer_reachable = Gauge("quorumkv_peer_reachable", "1 if the peer answers",

@@ -161,6 +161,29 @@ async def test_reads_do_not_change_the_version(cluster: Replicas) -> None:
             assert got is not None and got.etag == put.etag
 
 
+async def test_refused_changes_of_absent_keys_leave_nothing_behind(cluster: Replicas) -> None:
+    """A delete of an absent key, or a compare-and-set of one, is answered from a read: it
+    changes nothing, so it stores nothing (before: every one left a promise for good, so
+    clients could grow every replica's storage without end)."""
+    urls = list(cluster.urls.values())
+    for i, url in enumerate(urls):
+        async with Client(url) as client:
+            for n in range(20):
+                assert not await client.delete(f"gone-{i}-{n}")
+                with pytest.raises(PreconditionFailed):
+                    await client.put(f"cond-{i}-{n}", b"v", if_match='"1.1.1"')
+                with pytest.raises(PreconditionFailed):
+                    await client.delete(f"cond-{i}-{n}", if_match='"1.1.1"')
+    for url in urls:
+        async with Client(url) as client:
+            assert (await client.cluster())["keys"] == 0
+    async with Client(urls[0]) as client:  # and the changes that do apply still do
+        created = await client.put("k", b"1")
+        assert (await client.put("k", b"2", if_match=created.etag)).created is False
+        assert await client.delete("k", if_match=(await client.get("k")).etag)  # type: ignore[union-attr]
+        assert await client.get("k") is None
+
+
 async def test_malformed_requests_get_4xx_and_change_nothing(cluster: Replicas) -> None:
     url = cluster.urls["1"]
     async with aiohttp.ClientSession() as http:

@@ -49,6 +49,10 @@ class LocalAcceptor:
     def state(self, key: str) -> AcceptorState:
         return self._states.get(key, self._initial)
 
+    def holds(self, key: str) -> bool:
+        """Whether this acceptor keeps any state (a promise, a vote) for `key`."""
+        return key in self._states
+
     def seen(self, key: str) -> Ballot:
         """The highest ballot this acceptor knows for `key`: where a new proposal starts."""
         state = self._states.get(key, self._initial)
