@@ -308,6 +308,10 @@ async def test_a_change_to_members_that_are_not_up_is_refused(tmp_path: Path) ->
             with pytest.raises(QuorumKVError) as refused:
                 await client.change_membership({"0": replicas.urls["0"], **dead})
             assert refused.value.status == 409 and "do not answer" in refused.value.detail
+            # a new id at a member's URL would give that replica two votes
+            with pytest.raises(QuorumKVError) as refused:
+                await client.change_membership({**replicas.urls, "3": replicas.urls["1"]})
+            assert refused.value.status == 409 and "same replica as 1" in refused.value.detail
             member = {"0": replicas.urls["0"]}
             for bad in ({**member, "1": replicas.urls["1"] + ",2=" + replicas.urls["2"]},
                         {**member, "1=2": replicas.urls["1"]}, {**member, "1": 7},

@@ -139,3 +139,28 @@ async def test_a_replica_never_adopts_a_configuration_of_another_cluster() -> No
     assert fresh.adopt(theirs._replace(members=frozenset({"0", "5"}))) is not None
     assert fresh.config.cluster == "theirs"
 
+
+def test_a_member_url_cannot_be_changed_in_place() -> None:
+    moved = reconfig.next_step(A, {**{n: URLS[n] for n in "012"}, "1": "http://elsewhere"},
+                               rescanned=False)
+    assert isinstance(moved, reconfig.Refused) and "['1']" in moved.reason
+    grown = reconfig.next_step(A, {**B, "1": "http://elsewhere"}, rescanned=False)
+    assert isinstance(grown, reconfig.Refused)
+
+
+async def test_a_replica_that_lost_the_cluster_id_learns_it_from_a_voter() -> None:
+    """A replica that ran a version without ids during a rollback kept a configuration
+    without one; the changes it drove were refused by every replica that kept it."""
+    def persist(key: str, value: str) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    membership = Membership("0", "inc", A, {}, persist)
+    membership.learn_cluster_id(A._replace(epoch=2, cluster="ours"))  # another configuration
+    assert membership.config == A
+    membership.learn_cluster_id(A._replace(cluster="ours"))
+    assert membership.config == A._replace(cluster="ours")
+    membership.learn_cluster_id(A._replace(cluster="theirs"))  # an id is never replaced
+    assert membership.config.cluster == "ours"
+

@@ -49,6 +49,11 @@ def next_step(current: Config, target: Mapping[str, str], rescanned: bool) -> St
     if not current.initialized:
         return Refused("this replica has not joined a cluster yet")
     if not current.is_joint:
+        moved = sorted(n for n in members & current.members
+                       if target[n] != current.url_map()[n])
+        if moved:
+            return Refused(f"member(s) {moved} have another URL in the configuration; a "
+                           "member's URL cannot be changed: remove it, then add it back")
         if current.members == members:
             return Done(current)
         urls = {**current.url_map(), **target}

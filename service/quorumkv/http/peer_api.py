@@ -144,6 +144,7 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
         return _refuse(node, "unknown_identity",
                        f"node {envelope.sender!r} is not a voting member as incarnation "
                        f"{envelope.incarnation}")
+    membership.learn_cluster_id(envelope.config)
     replies: list[PeerReply | Failure] = []
     waits: set[asyncio.Future[None]] = set()
     forwarded: dict[int, asyncio.Task[PeerReply]] = {}

@@ -102,6 +102,18 @@ class Membership:
         assert forgotten is None or forgotten is durable
         return durable
 
+    def learn_cluster_id(self, config: Config) -> None:
+        """Take the cluster id from a voter's `config` that is ours but for it. A replica
+        that ran a version without ids during a rollback lost ours; without it the changes
+        it drives would be refused by every replica that kept it (found by testing)."""
+        if self.config.cluster or not config.cluster or not self.config.initialized \
+                or not config.agrees_with(self.config):
+            return
+        self.config = self.config._replace(cluster=config.cluster)
+        log.info("learned the cluster id", extra={"cluster": config.cluster,
+                                                  "epoch": self.config.epoch})
+        self._persist(META_CONFIG, orjson.dumps(self.config.to_json()).decode())
+
     @property
     def is_voter(self) -> bool:
         return self.config.initialized and self.node_id in self.config.voters

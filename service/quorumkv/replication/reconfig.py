@@ -128,15 +128,25 @@ class MembershipChanger:
         configuration, once installed, would stop every write and read until they come,
         and a change under way has no way back (`core.reconfig`)."""
         me = self._membership.node_id
-        others = sorted(set(target) - {me})
         members = self._membership.config.voters
-        answers = await asyncio.gather(*(_answers(self._link_for(node, target[node]),
-                                                  node in members) for node in others))
-        answering = {me} | {node for node, ok in zip(others, answers, strict=True) if ok}
+        links = {node: self._link_for(node, url) for node, url in target.items() if node != me}
+        answers = await asyncio.gather(*(_answers(link, node in members)
+                                         for node, link in links.items()))
+        answering = {me} | {node for node, ok in zip(links, answers, strict=True) if ok}
         if len(answering) * 2 <= len(target):
             silent = sorted(set(target) - answering)
             raise ChangeRefused(f"{silent} of the new member set do not answer; start them "
                                 "first: a majority of the new set must be up")
+        # two ids at one replica's URL would be two votes of one process (found by testing)
+        seen = {self._membership.incarnation: me}
+        for node in sorted(answering - {me}):
+            incarnation = links[node].incarnation
+            if incarnation is None:
+                continue
+            if incarnation in seen:
+                raise ChangeRefused(f"{node} at {target[node]} is the same replica as "
+                                    f"{seen[incarnation]} (incarnation {incarnation})")
+            seen[incarnation] = node
 
     async def close(self) -> None:
         if self._task is not None:
