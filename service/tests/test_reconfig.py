@@ -100,6 +100,13 @@ def test_a_change_under_way_has_no_way_back() -> None:
     assert isinstance(back, reconfig.Refused) and "in progress" in back.reason
 
 
+def persist(key: str, value: str) -> asyncio.Future[None]:
+    """A `Membership`'s storage that has written everything at once."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
 def test_every_configuration_of_a_cluster_carries_its_founding_id() -> None:
     cluster = founding_id({"0": "inc-a", "1": "inc-b", "2": "inc-c"})
     assert cluster == founding_id({"2": "inc-c", "0": "inc-a", "1": "inc-b"})  # any order
@@ -117,11 +124,6 @@ def test_every_configuration_of_a_cluster_carries_its_founding_id() -> None:
 
 
 async def test_a_replica_never_adopts_a_configuration_of_another_cluster() -> None:
-    def persist(key: str, value: str) -> asyncio.Future[None]:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
     ours = A._replace(cluster="ours")
     membership = Membership("0", "inc", ours, {}, persist)
     theirs = make_config(9, ["0", "1"], None, URLS, cluster="theirs")
@@ -151,11 +153,6 @@ def test_a_member_url_cannot_be_changed_in_place() -> None:
 async def test_a_replica_that_lost_the_cluster_id_learns_it_from_a_voter() -> None:
     """A replica that ran a version without ids during a rollback kept a configuration
     without one; the changes it drove were refused by every replica that kept it."""
-    def persist(key: str, value: str) -> asyncio.Future[None]:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
     membership = Membership("0", "inc", A, {}, persist)
     membership.learn_cluster_id(A._replace(epoch=2, cluster="ours"))  # another configuration
     assert membership.config == A
