@@ -238,7 +238,11 @@ class Node:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def reachable(self) -> set[str]:
-        return {self.settings.node_id} | {p for p, link in self.links.items() if link.reachable}
+        """This replica and the peers that take its batches (a peer that refuses them for a
+        configuration we cannot take answers, but would not vote: found by testing, a
+        replica alone in a configuration was ready while every key request got 503)."""
+        return {self.settings.node_id} | {p for p, link in self.links.items()
+                                          if link.reachable and link.agrees}
 
     @property
     def readiness(self) -> tuple[bool, str]:

@@ -13,7 +13,7 @@ import pytest
 from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
 from quorumkv.core.changes import Put
 from quorumkv.core.messages import Forward
-from quorumkv.core.quorum import make_config
+from quorumkv.core.quorum import Config, make_config
 from quorumkv.placement import rendezvous_order
 from quorumkv.replication import reconfig as reconfig_driver
 from quorumkv.replication.membership import Membership
@@ -377,6 +377,29 @@ async def test_a_replica_that_refuses_our_configuration_is_not_added(tmp_path: P
         assert membership.config == ours
     finally:
         theirs.stop_all()
+
+
+async def test_a_peer_that_refuses_our_configuration_does_not_count_for_readiness(
+        tmp_path: Path) -> None:
+    """A replica alone in a configuration its peers refuse (a stalled change) counted them
+    as reachable, and so reported ready while every key request got 503."""
+    replicas = Replicas(tmp_path, 3)
+    try:
+        replicas.start_all()
+        async with Client(replicas.urls["0"]) as client:
+            theirs = Config.from_json((await client.membership())["config"])
+        split = theirs._replace(members=frozenset({"0", "9"}),
+                                urls=(("0", replicas.urls["0"]), ("9", "http://127.0.0.1:1")))
+        membership = Membership("9", "inc-9", split, {}, lambda key, value: _done())
+        async with aiohttp.ClientSession() as session:
+            link = PeerLink("0", replicas.urls["0"], session=session, membership=membership,
+                            token=None, timeout=5)
+            assert not await link.heartbeat() and not link.agrees  # same epoch, other set
+            membership.config = theirs  # once it takes the cluster's configuration
+            await link.heartbeat()  # refused still (9 is no member), but not for it
+            assert link.agrees
+    finally:
+        replicas.stop_all()
 
 
 async def test_a_restarted_member_stays_ready_while_a_change_fills_the_new_ones(

@@ -97,6 +97,9 @@ class PeerLink:
         self.last_error = "not contacted yet"
         self.protocol = 1  # the peer protocol version of its last answer (wire.PROTOCOL)
         self.incarnation: str | None = None  # the peer's, as of its last answer
+        # False while the peer refuses our batches for a configuration we cannot take (one
+        # that conflicts with ours, or another cluster's): it answers, but not as our voter
+        self.agrees = True
 
     def call(self, msg: PeerRequest, config: Config | None = None) -> asyncio.Future[PeerReply]:
         """Queue `msg`, made under `config` (default: the current one); the future gets the
@@ -205,6 +208,7 @@ class PeerLink:
         if not self.reachable:
             log.info("peer reachable", extra={"peer": self.peer_id})
         self.reachable = True
+        self.agrees = True
         self.protocol = protocol
         self.incarnation = incarnation
         self.last_answer = time.monotonic()
@@ -224,6 +228,8 @@ class PeerLink:
         if not ours.initialized or self.peer_id in ours.voters:
             # only from our own voters: a replica about to be added may be another cluster's
             self._membership.adopt(config)
+        self.agrees = error not in ("conflicting_config", "foreign_cluster") \
+            and config.epoch <= self._membership.config.epoch
         return PeerRefused(f"{self.peer_id} refused the batch: {error} (its epoch "
                            f"{config.epoch}, cluster {config.cluster or 'without id'})", error)
 
