@@ -110,9 +110,8 @@ class AntiEntropy:
         random.shuffle(order)
         buckets = asyncio.Semaphore(BUCKETS_IN_REPAIR)
         keys = asyncio.Semaphore(REPAIR_CONCURRENCY)
-        counts = [0, 0]  # lasting, repaired
 
-        async def repair(key: str) -> None:
+        async def repair(key: str) -> bool:
             async with keys:
                 try:
                     # proposed here, not by the key's home: a replica back from a restart
@@ -120,19 +119,19 @@ class AntiEntropy:
                     # promise floor), so only a fresh prepare from here reaches it
                     await self._coordinator.change(key, Identity(), local_only=True)
                 except QuorumUnavailable:
-                    return
-                counts[1] += 1
+                    return False
                 self._on_repair(1)
+                return True
 
-        async def repair_bucket(bucket: int) -> None:
+        async def repair_bucket(bucket: int) -> tuple[int, int]:
             async with buckets:
                 again = await self._differences(link, [bucket])
                 lasting = [k for k in by_bucket[bucket] if again.get(k) == first[k]]
-                counts[0] += len(lasting)
-                await asyncio.gather(*(repair(k) for k in lasting))
+                done = await asyncio.gather(*(repair(k) for k in lasting))
+                return len(lasting), sum(done)
 
-        await asyncio.gather(*(repair_bucket(b) for b in order))
-        return counts[0], counts[1]
+        counts = await asyncio.gather(*(repair_bucket(b) for b in order))
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
     async def _differences(self, link: PeerLink, buckets: list[int]) -> dict[str, Versions]:
         """The keys of `buckets` whose versions differ here and at the peer."""
