@@ -41,6 +41,9 @@ class Metrics:
         self.fsync_latency = Histogram("quorumkv_commit_duration_seconds",
                                        "Time to write and fsync one group commit",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.commit_age = Gauge("quorumkv_commit_age_seconds",
+                                "How long the group commit under way has waited for the "
+                                "disk so far (0 when none is)", registry=r)
         self.keys = Gauge("quorumkv_keys", "Keys held by this replica (tombstones included)",
                           registry=r)
         self.repairs = Counter("quorumkv_antientropy_repairs",

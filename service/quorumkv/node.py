@@ -41,6 +41,9 @@ log = logging.getLogger("quorumkv.node")
 # 5 for an address it cannot listen on (server.EXIT_LISTEN).
 EXIT_STORAGE_FAILED = 4
 HEARTBEAT_INTERVAL = 0.25  # with HEARTBEAT_TIMEOUT: a silent peer is noticed in 0.4-0.65 s
+# a commit waiting longer for the disk makes the replica not ready: its acknowledgements
+# (and every write that needs its vote) wait with it
+STORAGE_STALL_SECONDS = 5.0
 
 
 def open_storage(settings: ServeSettings) -> tuple[Storage, str, int]:
@@ -88,6 +91,7 @@ class Node:
                                    int(storage.get_meta(META_FLOOR) or "0"))
         self.metrics.keys.set_function(lambda: len(self.local))
         self.metrics.tombstones.set_function(lambda: len(self.local.tombstones))
+        self.metrics.commit_age.set_function(self._committer.commit_age)
         config = config_from_meta(storage.get_meta) or bootstrap_config(settings)
         self.membership = Membership(
             settings.node_id, self.incarnation, config,
@@ -230,11 +234,17 @@ class Node:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def _heartbeat(self) -> None:
+        was = (False, "starting")
         while True:
             await asyncio.gather(*(link.heartbeat() for link in self.links.values()))
             for peer, link in self.links.items():
                 self.metrics.peer_reachable.labels(peer).set(1 if link.reachable else 0)
-            self.metrics.ready.set(1 if self.ready else 0)
+            now = self.readiness
+            self.metrics.ready.set(1 if now[0] else 0)
+            if now != was:
+                log.log(logging.INFO if now[0] else logging.WARNING, "readiness changed",
+                        extra={"ready": now[0], "reason": now[1]})
+                was = now
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def reachable(self) -> set[str]:
@@ -257,6 +267,9 @@ class Node:
         if self.membership.stale:
             return False, ("peers know this node id under another incarnation: its data was "
                            "lost; it must be re-added as a new member")
+        if self._committer.commit_age() > STORAGE_STALL_SECONDS:
+            return False, (f"storage stalled: a commit has waited over "
+                           f"{STORAGE_STALL_SECONDS:.0f}s for the disk")
         if not config.is_quorum(self.reachable()):
             return False, "no quorum of members is reachable"
         assert self.antientropy is not None

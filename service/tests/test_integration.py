@@ -25,7 +25,7 @@ from quorumkv.core.messages import Read, Unchanged
 from quorumkv.core.quorum import Config, make_config
 from quorumkv.errors import NotFound, QuorumUnavailable
 from quorumkv.http import relay
-from quorumkv.node import EXIT_STORAGE_FAILED, Node, replica_session
+from quorumkv.node import EXIT_STORAGE_FAILED, STORAGE_STALL_SECONDS, Node, replica_session
 from quorumkv.placement import home_of
 from quorumkv.replication import stream as stream_module
 from quorumkv.replication import wire
@@ -411,6 +411,35 @@ async def test_a_replica_whose_storage_fails_exits_and_comes_back_whole(
     cluster.start("2")
     cluster.wait_ready(["2"])
     await assert_readable(cluster.urls["2"], {**before, **acked})
+
+
+async def test_a_replica_whose_disk_stops_answering_is_not_ready_until_it_answers(
+    cluster: Replicas,
+) -> None:
+    """A hung disk (here its fsync process, stopped) fails no call, so nothing but readiness
+    can show it: the replica's votes wait on it, and a Service should stop sending it
+    clients. The others carry on, and it is ready again once the disk answers."""
+    child = fsync_child_of(cluster.procs["2"].pid)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        acked = await write_many(cluster.urls["0"], "stall-", 30)  # reaches replica 2 too
+        assert len(acked) == 30
+        deadline = time.monotonic() + STORAGE_STALL_SECONDS + 5
+        async with aiohttp.ClientSession() as session:
+            while True:
+                async with session.get(cluster.urls["2"] + "/readyz") as resp:
+                    body = await resp.text()
+                    if resp.status == 503:
+                        break
+                assert time.monotonic() < deadline, f"still ready: {body}"
+                await asyncio.sleep(0.2)
+        assert "storage stalled" in body
+    finally:
+        os.kill(child, signal.SIGCONT)
+    cluster.wait_ready(["2"])
+    logged = [line for line in cluster.log("2").splitlines() if "readiness changed" in line]
+    assert any("storage stalled" in line for line in logged)
+    await assert_readable(cluster.urls["2"], acked)
 
 
 async def test_paused_replica_does_not_block_a_majority(cluster: Replicas) -> None:

@@ -4,10 +4,12 @@ batches, what a restart finds after a torn write, compaction and an upgrade from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import msgpack
@@ -15,6 +17,7 @@ import pytest
 from quorumkv.core.acceptor import INITIAL, AcceptorState
 from quorumkv.core.ballot import Ballot
 from quorumkv.core.register import Register
+from quorumkv.storage import fsyncer
 from quorumkv.storage import log as log_storage
 from quorumkv.storage.committer import GroupCommitter
 from quorumkv.storage.dir_lock import LOCK_NAME, DataDirInUse, lock_data_dir
@@ -82,6 +85,30 @@ async def test_the_loop_keeps_running_while_the_disk_is_slow(tmp_path: Path) -> 
     await slow
     assert log_storage.replay(tmp_path / LOG_NAME).states["slow"] == state(1, b"s")
     await committer.close()
+
+
+async def test_a_commit_the_disk_never_answers_shows_its_age_and_does_not_block_closing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stopped fsync process stands for a disk that hangs: the commit's age is what shows
+    it (readiness uses it), and the replica must still be able to stop."""
+    monkeypatch.setattr(fsyncer, "CLOSE_TIMEOUT", 0.5)
+    committer = GroupCommitter(storage := LogStorage(tmp_path))
+    await committer.stage("warm", state(1, b"w"))
+    assert committer.commit_age() == 0.0
+    child = fsync_child(storage)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        stuck = committer.stage("stuck", state(1, b"s"))
+        await asyncio.sleep(0.3)
+        assert not stuck.done() and committer.commit_age() >= 0.3
+        started = time.monotonic()
+        await committer.close(timeout=0.2)
+        assert time.monotonic() - started < 5
+        assert not Path(f"/proc/{child}").exists(), "the stopped fsync process was left behind"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
 
 
 async def test_the_fsync_process_never_preempts_its_replica(tmp_path: Path) -> None:

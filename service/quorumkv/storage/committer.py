@@ -18,6 +18,7 @@ from quorumkv.storage.base import Storage
 
 CommitObserver = Callable[[int, float], None]  # (batch size, seconds spent writing + fsync)
 FailureHandler = Callable[[BaseException], None]
+CLOSE_TIMEOUT = 10.0  # seconds a stopping replica waits for its last commit
 
 
 class GroupCommitter:
@@ -33,6 +34,7 @@ class GroupCommitter:
         self._inflight: dict[str, AcceptorState] = {}
         self._inflight_done: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._inflight_since: float | None = None  # time.monotonic() the commit started
         self.failure: BaseException | None = None
 
     def stage(self, key: str, state: AcceptorState) -> asyncio.Future[None]:
@@ -51,6 +53,16 @@ class GroupCommitter:
             return self._inflight_done
         return None
 
+    def commit_age(self) -> float:
+        """Seconds the commit being written has waited for the disk so far; 0 when none is.
+
+        A disk (or fsync process) that stopped answering shows here, and nowhere else: the
+        latency histogram records finished commits only (found by testing: a stopped fsync
+        process left the replica ready while none of its writes could be acknowledged)."""
+        if self._inflight_since is None:
+            return 0.0
+        return time.monotonic() - self._inflight_since
+
     def _schedule(self) -> asyncio.Future[None]:
         if self.failure is not None:
             raise RuntimeError("storage failed earlier; refusing new writes") from self.failure
@@ -67,11 +79,11 @@ class GroupCommitter:
                 self._inflight, self._inflight_done = self._pending, done
                 meta = self._pending_meta
                 self._pending, self._pending_meta, self._pending_done = {}, {}, None
-                started = time.perf_counter()
+                started = self._inflight_since = time.monotonic()
                 try:
                     self._storage.write(self._inflight, meta)
                     await self._storage.sync()
-                    seconds = time.perf_counter() - started
+                    seconds = time.monotonic() - started
                 except Exception as exc:
                     self.failure = exc
                     done.set_exception(exc)
@@ -85,9 +97,15 @@ class GroupCommitter:
                 self._inflight, self._inflight_done = {}, None
                 done.set_result(None)
         finally:
-            self._flusher = None
+            self._flusher = self._inflight_since = None
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Let the commit under way finish, for up to `timeout` seconds, then close the
+        storage. A disk that never answers must not keep the replica from stopping (found by
+        testing: SIGTERM left it running while its fsync process was stopped)."""
         if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+            done, _ = await asyncio.wait([self._flusher], timeout=timeout)
+            if not done:
+                self._flusher.cancel()
+                await asyncio.gather(self._flusher, return_exceptions=True)
         self._storage.close()
