@@ -37,6 +37,11 @@ class UnsupportedEncoding(ServiceError):
     error = "unsupported_content_encoding"
 
 
+class UnsupportedTransferCoding(ServiceError):
+    status = 501
+    error = "unsupported_transfer_coding"
+
+
 class QuorumUnavailable(ServiceError):
     """No quorum answered in time.
 

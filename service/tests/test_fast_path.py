@@ -4,12 +4,16 @@ clients cannot tell the two apart (raw bytes on real sockets to real replicas)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import socket
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any, NamedTuple, cast
 
 import orjson
 import pytest
+from quorumkv.client import Client
 from quorumkv.http import kv
 from quorumkv.http.fast_path import FastPath, HandOver, Request, encode_answer, parse_request
 from quorumkv.node import Node
@@ -28,7 +32,8 @@ def test_a_plain_key_request_is_parsed_with_its_body_and_conditions() -> None:
 
 def test_an_incomplete_request_waits_for_more_bytes() -> None:
     assert parse_request(b"GET /v1/kv/a HTTP/1.1\r\nHost: h\r\n", LIMIT) is None
-    assert parse_request(b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", LIMIT) is None
+    assert parse_request(b"PUT /v1/kv/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab",
+                         LIMIT) is None
 
 
 @pytest.mark.parametrize("data", [
@@ -39,12 +44,21 @@ def test_an_incomplete_request_waits_for_more_bytes() -> None:
     b"GET /v1/kv/a b HTTP/1.1\r\n\r\n",
     b"GET /v1/kv/\xc3\xa9 HTTP/1.1\r\n\r\n",
     b"GET http://h/v1/kv/a HTTP/1.1\r\n\r\n",
-    b"PUT /v1/kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"PUT /v1/kv/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-    b"GET /v1/kv/a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
-    b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
-    b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-    b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1025\r\n\r\n",
+    b"PUT /v1/kv/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"PUT /v1/kv/a HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
+    b"PUT /v1/kv/a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    b"PUT /v1/kv/a HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+    b"PUT /v1/kv/a HTTP/1.1\r\nHost: h\r\nContent-Length: 1025\r\n\r\n",
+    # found by adversarial testing: aiohttp refuses these, or reads them otherwise
+    b"PUT /v1/kv/a HTTP/1.1\r\nHost: h\r\nContent-Length: " + b"0" * 4400 + b"1\r\n\r\nx",
+    b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",  # no Host
+    b"GET /v1/kv/a HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.1\r\nHost: h\r\nUser-Agent: a\r\nUser-Agent: b\r\n\r\n",
+    b"GET /v1/kv/a HTTP/1.1\r\nHost: h\r\n" + b"X: y\r\n" * 64 + b"\r\n",
+    b"PUT /v1/kv/a HTTP/1.1\r\nHost: h\r\nContent-Range: bytes 0-0/9\r\nContent-Length: 1"
+    b"\r\n\r\nx",
+    b"GET /v1/kv/a HTTP/1.1\r\nHost: h\n\r\n",  # a bare LF: at once, not when more comes
     b"GET /v1/kv/a HTTP/1.1\r\nBad Name: x\r\n\r\n",
     b"GET /v1/kv/a HTTP/1.1\r\n folded: x\r\n\r\n",
     b"GET /v1/kv/a HTTP/1.1\r\nX: a\x00b\r\n\r\n",
@@ -56,6 +70,15 @@ def test_an_incomplete_request_waits_for_more_bytes() -> None:
 ])
 def test_anything_unusual_goes_to_aiohttp(data: bytes) -> None:
     assert isinstance(parse_request(data, LIMIT), HandOver)
+
+
+@pytest.mark.parametrize(("connection", "close"), [
+    ("close", True), ("keep-alive, Close", True), ("x-close-y", False), ("keep-alive", False)])
+def test_connection_close_is_a_token_of_the_header(connection: str, close: bool) -> None:
+    data = f"GET /v1/kv/a HTTP/1.1\r\nHost: h\r\nConnection: {connection}\r\n\r\n".encode()
+    parsed = parse_request(data, LIMIT)
+    assert not isinstance(parsed, HandOver) and parsed is not None
+    assert parsed[0].close is close
 
 
 def test_answers_are_written_as_aiohttp_writes_them() -> None:
@@ -70,8 +93,10 @@ def test_answers_are_written_as_aiohttp_writes_them() -> None:
     assert b"Content-Length" not in no_content and b"Content-Type" not in no_content
 
 
-async def test_idle_connections_are_closed_and_shutdown_closes_the_rest() -> None:
-    # no request is sent, so the node is never asked anything: only its value limit is read
+@contextlib.asynccontextmanager
+async def sweeping_server() -> AsyncIterator[tuple[FastPath, int]]:
+    """A fast path with a 0.3 s keep-alive timeout, swept every 0.1 s, and its port. No
+    request is answered, so the node is never asked anything: only its value limit is read."""
     node = cast(Node, SimpleNamespace(settings=SimpleNamespace(max_value_bytes=LIMIT)))
 
     def no_fallback() -> Any:
@@ -79,9 +104,16 @@ async def test_idle_connections_are_closed_and_shutdown_closes_the_rest() -> Non
 
     fast_path = FastPath(node, no_fallback, keepalive_timeout=0.3, sweep_interval=0.1)
     server = await asyncio.get_running_loop().create_server(fast_path, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     sweeper = asyncio.create_task(fast_path.close_idle_connections())
     try:
+        yield fast_path, server.sockets[0].getsockname()[1]
+    finally:
+        sweeper.cancel()
+        server.close()
+
+
+async def test_idle_connections_are_closed_and_shutdown_closes_the_rest() -> None:
+    async with sweeping_server() as (fast_path, port):
         idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # closed by the sweep
         idle_writer.close()
@@ -92,9 +124,19 @@ async def test_idle_connections_are_closed_and_shutdown_closes_the_rest() -> Non
         await fast_path.shutdown(timeout=1.0)
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
-    finally:
-        sweeper.cancel()
-        server.close()
+
+
+async def test_a_request_still_arriving_is_not_idle() -> None:
+    """A slow upload takes longer than the keep-alive timeout (found by testing: the sweep
+    cut it); the timeout counts from the last bytes received."""
+    async with sweeping_server() as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for byte in b"GET /v1/kv/a HTTP/1.1\r\nHost: h\r\n":  # 1.6 s, 0.05 s per byte
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+            assert not reader.at_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # idle once the bytes stop
+        writer.close()
 
 
 class Response(NamedTuple):
@@ -240,6 +282,9 @@ async def test_a_connection_is_handed_to_aiohttp_at_the_first_unusual_request(
                  b"Content-Length: 2000000\r\n\r\n")
     refused = await read_response(reader)
     assert refused.status == 413 and b"value_too_large" in refused.body
+    # the client may send the body after all, or its next request: it must open a new
+    # connection (aiohttp discards the body's bytes for up to 10 s, then closes this one)
+    assert refused.headers["connection"] == "close"
     writer.close()
 
     reader, writer = await connect(cluster.urls["2"])  # malformed: aiohttp's 400, in JSON
@@ -260,4 +305,62 @@ async def test_a_half_closed_connection_still_gets_its_answer(cluster: Replicas)
     writer.write_eof()
     assert (await read_response(reader)).status == 201
     assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+@pytest.mark.integration
+async def test_bodies_aiohttp_would_store_otherwise_are_refused(cluster: Replicas) -> None:
+    """Found by adversarial testing: each was stored as sent, or answered 500, on either
+    path (the first request of a connection, or after a lean one)."""
+    odd = [
+        (b"Transfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 501),
+        (b"Content-Range: bytes 0-2/9\r\nContent-Length: 3\r\n\r\nabc", 400),
+        (b"Content-Length: " + b"0" * 4400 + b"3\r\n\r\nabc", 400),
+        (b"Host: u\r\nContent-Length: 3\r\n\r\nabc", 400),  # a second Host
+    ]
+    for headers, status in odd:
+        for first in (b"", request("GET", "odd")):
+            reader, writer = await connect(cluster.urls["0"])
+            writer.write(first + b"PUT /v1/kv/odd HTTP/1.1\r\nHost: t\r\n" + headers)
+            if first:
+                assert (await read_response(reader)).status == 404
+            refused = await read_response(reader)
+            assert refused.status == status, (headers[:40], refused)
+            assert refused.headers["content-type"] == "application/json"
+            writer.close()
+    reader, writer = await connect(cluster.urls["0"])
+    writer.write(b"PUT /v1/kv/odd HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")  # no Host
+    assert (await read_response(reader)).status == 400
+    writer.write(request("GET", "odd"))
+    writer.close()
+    reader, writer = await connect(cluster.urls["1"])
+    writer.write(request("GET", "odd"))
+    assert (await read_response(reader)).status == 404  # none of them stored anything
+    writer.close()
+
+
+def resident_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.integration
+async def test_a_client_that_does_not_read_its_answers_costs_no_memory(
+    cluster: Replicas,
+) -> None:
+    """Found by adversarial testing: 400 pipelined GETs of a 1 MiB value, never read, held
+    393 MiB in the replica. Requests are answered only as fast as the client reads."""
+    async with Client(cluster.urls["0"]) as client:
+        await client.put("big", b"v" * (1 << 20))
+    pid = cluster.procs["0"].pid
+    sock = socket.create_connection(("127.0.0.1", int(cluster.urls["0"].rsplit(":", 1)[1])))
+    before = resident_mib(pid)
+    sock.sendall(request("GET", "big") * 100)
+    await asyncio.sleep(2)
+    assert resident_mib(pid) - before < 30
+    reader, writer = await asyncio.open_connection(sock=sock)
+    for _ in range(100):  # and every answer comes once the client reads
+        answer = await read_response(reader)
+        assert answer.status == 200 and len(answer.body) == 1 << 20
     writer.close()

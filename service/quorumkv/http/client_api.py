@@ -10,7 +10,13 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from quorumkv.errors import NotFound, ServiceError, ValueTooLarge
+from quorumkv.errors import (
+    BadRequest,
+    NotFound,
+    ServiceError,
+    UnsupportedTransferCoding,
+    ValueTooLarge,
+)
 from quorumkv.http import kv, relay
 from quorumkv.http.errors import error_response
 from quorumkv.http.keys import NODE
@@ -40,12 +46,16 @@ async def _expect_value(request: web.Request) -> web.StreamResponse | None:
         _check_value_headers(request)
         await _default_expect_handler(request)  # 100 Continue; 417 for any other Expect
     except ServiceError as exc:
-        kv.record(request.app[NODE], "put", exc.status, started)
-        return error_response(exc.status, exc.error, exc.detail)
+        refusal = error_response(exc.status, exc.error, exc.detail)
     except web.HTTPExpectationFailed as exc:
-        kv.record(request.app[NODE], "put", exc.status, started)
-        return error_response(exc.status, "expectation_failed", exc.text or "")
-    return None
+        refusal = error_response(exc.status, "expectation_failed", exc.text or "")
+    else:
+        return None
+    kv.record(request.app[NODE], "put", refusal.status, started)
+    # the client may send the body anyway, or its next request instead: only a new
+    # connection tells them apart (found by testing: a next request was read as the body)
+    refusal.force_close()
+    return refusal
 
 
 @routes.put(KEY_ROUTE, expect_handler=_expect_value)
@@ -85,9 +95,28 @@ def _response(answer: kv.Answer) -> web.Response:
 
 
 def _check_value_headers(request: web.Request) -> None:
+    """Refuse, before reading it, a body we would store as something else than the client
+    meant (found by adversarial testing: each of these was stored as sent):
+
+    - a transfer coding other than chunked: aiohttp decodes chunked only, so the value of
+      `Transfer-Encoding: gzip, chunked` was the compressed bytes (RFC 9112, 6.1: 501);
+    - `Content-Range`: a part of a value, which a PUT cannot store (RFC 9110, 14.5: 400);
+    - a `Content-Length` Python cannot read (over 4,300 digits) was a 500.
+    """
     kv.check_encoding(request.headers.get("Content-Encoding"))
-    if request.content_length is not None:
-        kv.check_length(request.app[NODE], request.content_length)
+    codings = [c.strip().lower() for value in request.headers.getall("Transfer-Encoding", [])
+               for c in value.split(",")]
+    if any(coding != "chunked" for coding in codings):
+        raise UnsupportedTransferCoding(f"Transfer-Encoding {', '.join(codings)!r} is not "
+                                        "supported: send the value as it is, or chunked")
+    if "Content-Range" in request.headers:
+        raise BadRequest("Content-Range: a PUT stores a whole value, not a part of one")
+    try:
+        length = request.content_length
+    except ValueError:
+        raise BadRequest("Content-Length is not a number this server can read") from None
+    if length is not None:
+        kv.check_length(request.app[NODE], length)
 
 
 def _relayed(request: web.Request) -> bool:
