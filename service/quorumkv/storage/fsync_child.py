@@ -60,7 +60,10 @@ def main(path: str) -> None:
                 error = 0
             except OSError as exc:
                 error = exc.errno or -1
-            os.write(1, ANSWER.pack(error))
+            try:
+                os.write(1, ANSWER.pack(error))
+            except BrokenPipeError:  # the replica is gone (kill -9): nobody to answer
+                return
         pending = pending[whole:]
 
 

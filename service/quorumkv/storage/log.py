@@ -36,6 +36,7 @@ import asyncio
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,8 +60,10 @@ MAGIC = b"QKVLOG1\n"  # first bytes of every log file: refuse what is not one
 FRAME_HEAD = struct.Struct("<II")  # body length, crc32 of the body
 BODY_START = b"\x92"  # msgpack: an array of two, (metadata, rows)
 COMPACT_MIN_BYTES = 64 << 20
+STATE_OVERHEAD = 48  # bytes of a snapshot row besides its key and value, about (ballots)
 SNAPSHOT_FRAME_ROWS = 4096  # states per frame of a snapshot: bounds one frame's memory
 PREALLOCATE_AHEAD = 4 << 20  # zeros kept ahead of the log's end; topped up at half of it
+COMPACT_RETRY_SECONDS = 60.0
 
 
 class LogError(StorageError):
@@ -72,7 +75,12 @@ class Replay(NamedTuple):
     meta: dict[str, str]
     valid_bytes: int  # the log's length up to the end of its last whole frame
     total_bytes: int
-    torn: bool  # something other than zeros follows the last whole frame (but no whole frame)
+    torn_bytes: int  # how far bytes other than zeros go past the last whole frame (no
+    # whole frame among them)
+
+    @property
+    def torn(self) -> bool:
+        return self.torn_bytes > 0
 
 
 def encode_frame(states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> bytes:
@@ -110,8 +118,8 @@ def replay(path: Path) -> Replay:
             else:
                 states[key] = state_from_row(small, value)
         pos = end
-    torn = data.count(0, pos) < len(data) - pos
-    whole = _whole_frame_after(data, pos) if torn else None
+    torn_bytes = _end_of_data(data, pos) - pos if data.count(0, pos) < len(data) - pos else 0
+    whole = _whole_frame_after(data, pos) if torn_bytes else None
     if whole is not None:
         raise LogError(
             f"{path} is damaged: the frame at byte {pos} is broken (checksum or length) but a "
@@ -119,7 +127,20 @@ def replay(path: Path) -> Replay:
             "log there would drop acknowledged commits. This replica cannot vouch for its "
             "data: remove it from the membership and add it back with an empty data "
             "directory (keep this one for inspection)")
-    return Replay(states, meta, pos, len(data), torn)
+    return Replay(states, meta, pos, len(data), torn_bytes)
+
+
+def _end_of_data(data: bytes, start: int) -> int:
+    """Where the bytes other than zeros end, at or after `start` (the zeros written ahead of
+    the log follow them)."""
+    end = len(data)
+    while end > start:
+        chunk = data[max(start, end - 65536):end]
+        tail_zeros = len(chunk) - len(chunk.rstrip(b"\0"))
+        if tail_zeros < len(chunk):
+            return end - tail_zeros
+        end -= len(chunk)
+    return start
 
 
 def _whole_frame_after(data: bytes, pos: int) -> int | None:
@@ -193,6 +214,17 @@ def snapshot_frames(states: Mapping[str, AcceptorState],
         yield encode_frame(dict(items[start:start + SNAPSHOT_FRAME_ROWS]), {})
 
 
+def live_size(states: Mapping[str, AcceptorState], meta: Mapping[str, str]) -> int:
+    """About how many bytes a snapshot of `states` and `meta` takes (what a compaction
+    would leave), without encoding it: the keys and values, and a few dozen bytes each of
+    ballots and framing."""
+    size = len(MAGIC) + sum(len(k) + len(v) + 8 for k, v in meta.items())
+    for key, state in states.items():
+        value = state.register.value
+        size += len(key) + (len(value) if value is not None else 0) + STATE_OVERHEAD
+    return size
+
+
 class LogStorage:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -208,10 +240,10 @@ class LogStorage:
         remove_sqlite(data_dir)  # converted: the log holds all of it
         found = replay(self.path)
         if found.torn:
-            log.warning("log ends in a torn frame: cut (a commit a crash interrupted; it "
-                        "was never acknowledged)",
+            log.warning("log ends in a torn frame: cut (a commit a crash interrupted before "
+                        "its fsync returned, so before it was acknowledged)",
                         extra={"path": str(self.path), "kept_bytes": found.valid_bytes,
-                               "cut_bytes": found.total_bytes - found.valid_bytes})
+                               "torn_bytes": found.torn_bytes})
         self._image = MemoryStorage(found.meta, found.states)  # the live states, for compaction
         self._fd = os.open(self.path, os.O_WRONLY)
         if found.torn:
@@ -220,11 +252,13 @@ class LogStorage:
         os.lseek(self._fd, found.valid_bytes, os.SEEK_SET)
         self._size = found.valid_bytes
         self._allocated = found.valid_bytes if found.torn else found.total_bytes  # zeros after
-        # how big the log was after its last rewrite is not known after a restart: taking
-        # its size now let a log that many restarts interrupted grow without bound
-        # (412 MB for 30 MB of live data after 15 restarts), so it is rewritten once past
-        # twice the minimum
-        self._compacted_size = min(found.valid_bytes, COMPACT_MIN_BYTES)
+        # how big the log was after its last rewrite is not known after a restart, so the
+        # size of a rewrite now stands in for it: taking the log's own size let a log that
+        # restarts interrupted grow without bound (412 MB for 30 MB of live data after 15
+        # restarts), and taking the minimum let it reach 128 MiB whatever the live data,
+        # past the size the README tells to provision for (both found by testing)
+        self._compacted_size = min(found.valid_bytes, live_size(found.states, found.meta))
+        self._retry_at = 0.0  # time.monotonic() before which a failed compaction waits
         self._fsyncer: Fsyncer | None = None  # started by the first `sync`, on the event loop
         self._compactor = ThreadPoolExecutor(1, thread_name_prefix="quorumkv-compact")
         self._compaction: Future[int] | None = None
@@ -247,6 +281,12 @@ class LogStorage:
         if self._fsyncer is None:
             self._fsyncer = Fsyncer(self.path, self._lock)
         await self._fsyncer.sync()
+        if os.fstat(self._fd).st_nlink == 0:
+            # durable in a file no restart will find: acknowledging it would claim a vote
+            # the replica no longer has (found by testing: `rm -rf` of the data directory
+            # went unnoticed, and writes were acknowledged on one real copy)
+            raise LogError(f"{self.path} was deleted while the replica ran: what it commits "
+                           "now is lost at its next start")
         if self._compaction is not None and self._compaction.done():
             loop = asyncio.get_running_loop()
             if await loop.run_in_executor(self._compactor, self._finish_compaction):
@@ -276,7 +316,8 @@ class LogStorage:
         os.close(self._lock)
 
     def _compaction_due(self) -> bool:
-        return self._size >= COMPACT_MIN_BYTES and self._size >= 2 * self._compacted_size
+        return (self._size >= COMPACT_MIN_BYTES and self._size >= 2 * self._compacted_size
+                and time.monotonic() >= self._retry_at)
 
     def _start_compaction(self) -> None:
         """Snapshot the states of this batch and all before it; later frames go to the tail."""
@@ -326,7 +367,11 @@ class LogStorage:
         return True
 
     def _compaction_failed(self, exc: OSError) -> None:
+        """The log stays as it is, and the next attempt waits a while. Not until the log has
+        doubled again, as it once did: a disk too full for the snapshot (ENOSPC) then
+        filled up with log, and the replica could never compact again."""
         self._temporary.unlink(missing_ok=True)
-        self._compacted_size = self._size
+        self._retry_at = time.monotonic() + COMPACT_RETRY_SECONDS
         log.error("log compaction failed; the log stays as it is",
-                  extra={"path": str(self.path), "error": str(exc)})
+                  extra={"path": str(self.path), "error": str(exc),
+                         "retry_in_seconds": COMPACT_RETRY_SECONDS})
