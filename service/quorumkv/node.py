@@ -125,6 +125,7 @@ class Node:
                                        on_purge=self.metrics.tombstones_collected.inc)
         self._tasks = [asyncio.create_task(self._bootstrap(), name="bootstrap"),
                        asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                       asyncio.create_task(self._watch_readiness(), name="readiness"),
                        asyncio.create_task(self.coordinator.watch_stalls(), name="stalls"),
                        asyncio.create_task(self.antientropy.run(), name="anti-entropy"),
                        asyncio.create_task(collector.run(), name="tombstones")]
@@ -234,11 +235,18 @@ class Node:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def _heartbeat(self) -> None:
-        was = (False, "starting")
         while True:
             await asyncio.gather(*(link.heartbeat() for link in self.links.values()))
             for peer, link in self.links.items():
                 self.metrics.peer_reachable.labels(peer).set(1 if link.reachable else 0)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _watch_readiness(self) -> None:
+        """Export readiness and log its changes. A task of its own, with no I/O: a heartbeat
+        can wait on the disk (a configuration to adopt durably), and a stalled disk is one
+        of the changes to report."""
+        was = (False, "starting")
+        while True:
             now = self.readiness
             self.metrics.ready.set(1 if now[0] else 0)
             if now != was:
