@@ -434,11 +434,13 @@ async def test_a_replica_whose_disk_stops_answering_is_not_ready_until_it_answer
                 assert time.monotonic() < deadline, f"still ready: {body}"
                 await asyncio.sleep(0.2)
         assert "storage stalled" in body
+        while not any("readiness changed" in line and "storage stalled" in line
+                      for line in cluster.log("2").splitlines()):  # logged within a tick
+            assert time.monotonic() < deadline + 2, "the change of readiness was not logged"
+            await asyncio.sleep(0.1)
     finally:
         os.kill(child, signal.SIGCONT)
     cluster.wait_ready(["2"])
-    logged = [line for line in cluster.log("2").splitlines() if "readiness changed" in line]
-    assert any("storage stalled" in line for line in logged)
     await assert_readable(cluster.urls["2"], acked)
 
 

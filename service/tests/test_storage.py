@@ -345,7 +345,7 @@ async def overwrite(storage: LogStorage, commits: int, start: int = 0) -> int:
     """Overwrite ten keys, ~1.25 KB of log a commit; returns the ballot counter reached."""
     for counter in range(start + 1, start + commits + 1):
         await commit(storage, {f"k{i}": state(counter, b"x" * 100) for i in range(10)}, {})
-        await asyncio.sleep(0.02)  # a compaction's snapshot is written meanwhile
+        await asyncio.sleep(0.05)  # a compaction's snapshot is written meanwhile
     return start + commits
 
 
