@@ -169,6 +169,10 @@ async def test_the_fsync_process_holds_the_directory_until_it_exits(tmp_path: Pa
     os.close(lock_data_dir(tmp_path, wait=5))
 
 
+def log_size(path: Path) -> int:
+    return log_storage.replay(path / LOG_NAME).valid_bytes  # the zeros after it aside
+
+
 async def commit(storage: LogStorage, states: dict[str, AcceptorState],
                  meta: dict[str, str]) -> None:
     """One commit as the group committer makes it."""
@@ -245,7 +249,7 @@ async def test_a_torn_frame_over_the_zeros_is_cut(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     await run_replica_committing(tmp_path, "a", state(1, b"a"))
-    end = log_storage.replay(tmp_path / LOG_NAME).valid_bytes
+    end = log_size(tmp_path)
     frame = log_storage.encode_frame({"b": state(1, b"b")}, {})
     with open(tmp_path / LOG_NAME, "r+b") as f:  # its first bytes never reached the disk
         f.seek(end + 8)
@@ -312,7 +316,7 @@ async def test_compaction_keeps_live_states_and_shrinks_the_log(
         expected.update(batch)
     storage.close()
     expected.pop("k9")
-    size = log_storage.replay(tmp_path / LOG_NAME).valid_bytes  # the zeros after it aside
+    size = log_size(tmp_path)
     assert size < 4 * (64 << 10), size  # without compaction: 400 frames of ~1.2 KB
     assert not (tmp_path / (LOG_NAME + ".next")).exists()
     states, storage = reopened(tmp_path)
@@ -333,12 +337,8 @@ async def test_restarts_do_not_let_the_log_grow_without_bound(
             await commit(storage, {f"k{i}": state(run * 10 + counter + 1, b"x" * 100)
                                    for i in range(10)}, {})
         storage.close()
-    size = log_storage.replay(tmp_path / LOG_NAME).valid_bytes
+    size = log_size(tmp_path)
     assert size < 4 * (16 << 10), size  # 480 frames of ~1.2 KB without compaction
-
-
-def log_size(path: Path) -> int:
-    return log_storage.replay(path / LOG_NAME).valid_bytes  # the zeros after it aside
 
 
 async def overwrite(storage: LogStorage, commits: int, start: int = 0) -> int:

@@ -118,7 +118,7 @@ def replay(path: Path) -> Replay:
             else:
                 states[key] = state_from_row(small, value)
         pos = end
-    torn_bytes = _end_of_data(data, pos) - pos if data.count(0, pos) < len(data) - pos else 0
+    torn_bytes = _end_of_data(data, pos) - pos
     whole = _whole_frame_after(data, pos) if torn_bytes else None
     if whole is not None:
         raise LogError(
