@@ -54,7 +54,8 @@ WORKLOADS: dict[str, tuple[str, str, int | None, int | None]] = {
     "create": ("etcd_txn_create.lua", "qkv_create.lua", None, None),
     "put_1conn": ("etcd_put.lua", "qkv_put.lua", 1, 1),
     "get_1conn": ("etcd_range.lua", "qkv_get.lua", 1, 1),
-    # experiments: each wrk thread uses only the keys "homed" on the member it talks to
+    # experiments: every connection to the member that proposes the writes (QuorumKV's home,
+    # etcd's leader), as a client that routes its writes there does
     "put_home": ("etcd_put.lua", "qkv_put.lua", None, None),
     "get_home": ("etcd_range.lua", "qkv_get.lua", None, None),
     # half reads, half writes on 10 hot keys: reads that meet writes in flight
@@ -63,7 +64,7 @@ WORKLOADS: dict[str, tuple[str, str, int | None, int | None]] = {
     "put_hot": ("etcd_mixed.lua", "qkv_mixed.lua", None, None),
 }
 READ_SHARE = {"put_hot": 0.0}  # of the mixed scripts (default 0.5)
-PARTITIONED = {"put_home", "get_home"}
+AT_HOME = {"put_home", "get_home"}
 DEFAULT_WORKLOADS = "put,get,create,put_1conn"
 
 LABELS = {
@@ -419,6 +420,7 @@ class QuorumKV(Cluster):
         return descendants(table, self.pids) - self.pids or self.pids
 
     def targets(self, mode: str) -> list[str]:
+        """"leader": the home only, replica "0" (`quorumkv.placement`: its id sorts first)."""
         t = [f"127.0.0.1:{p}" for p in self.ports]
         return t[:1] if mode == "leader" else t
 
@@ -441,18 +443,6 @@ class QuorumKV(Cluster):
     def put_request(self, key: bytes, value: bytes) -> tuple[str, str, bytes, dict[str, str]]:
         return ("PUT", "/v1/kv/" + urllib.parse.quote(key, safe=""), value,
                 {"Content-Type": "application/octet-stream"})
-
-    def home_table(self, keyspace: int) -> Path:
-        """A Lua file returning, for key i of the keyspace, the index of its home replica
-        (element i + 1), as the replicas pick it: the `*_home` workloads send each key only
-        to its home, so nothing is forwarded."""
-        path = self.workdir / f"{self.tag}-homes-{keyspace}.lua"
-        if not path.exists():
-            from quorumkv.placement import home_of  # the replicas' own rule
-            voters = [str(i) for i in range(self.replicas)]
-            homes = (home_of(f"key-{i:08d}", voters) for i in range(keyspace))
-            path.write_text("return {" + ",".join(homes) + "}\n")
-        return path
 
 
 def qkv_command(spec: str, default: str | None, workdir: Path
@@ -552,12 +542,8 @@ def prefill(cluster: Cluster, keyspace: int, value_size: int, workers: int = 16)
 
 # -------------------------------------------------------------------------------------- wrk
 def run_wrk(script: str, targets: list[str], conns: int, threads: int, duration: float,
-            opts: argparse.Namespace, run_id: str, partition: bool = False,
-            homes: Path | None = None, read_share: float = 0.5) -> dict[str, Any]:
-    """`partition`: each wrk thread uses only some keys, those whose home (`homes`, a
-    `QuorumKV.home_table`) is the member it talks to, or without `homes` every n-th key."""
+            opts: argparse.Namespace, run_id: str, read_share: float = 0.5) -> dict[str, Any]:
     env = dict(os.environ, BENCH_TARGETS=",".join(targets), BENCH_KEYSPACE=str(opts.keyspace),
-               BENCH_PARTITION="1" if partition else "0", BENCH_HOMES=str(homes or ""),
                BENCH_VALUE=str(opts.value_size), BENCH_RUN=run_id,
                BENCH_SEED=str(secrets.randbelow(1 << 30)), BENCH_READ_SHARE=str(read_share))
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration:g}s",
@@ -591,8 +577,8 @@ def measure(cluster: Cluster, others: set[int], workload: str, rnd: int,
     conns = conns or opts.connections
     threads = threads or min(opts.threads, conns)
     mode = opts.etcd_target if cluster.name == "etcd" else opts.qkv_target
-    if conns == 1:
-        mode = "leader"  # one connection: etcd's leader (its best case), quorumkv's replica 0
+    if conns == 1 or workload in AT_HOME:
+        mode = "leader"  # etcd's leader (one connection: its best case), QuorumKV's home
     targets = cluster.targets(mode)  # type: ignore[attr-defined]
     cluster.check_alive()
     la0 = loadavg()
@@ -601,11 +587,8 @@ def measure(cluster: Cluster, others: set[int], workload: str, rnd: int,
     busy0 = cpu_busy_seconds()
     t0 = time.time()
     run_id = f"r{rnd}{secrets.token_hex(3)}"
-    partition = workload in PARTITIONED
-    homes = cluster.home_table(opts.keyspace) \
-        if partition and isinstance(cluster, QuorumKV) and mode != "leader" else None
     res = run_wrk(script, targets, conns, threads, duration, opts, run_id,
-                  partition=partition, homes=homes, read_share=READ_SHARE.get(workload, 0.5))
+                  read_share=READ_SHARE.get(workload, 0.5))
     wall = time.time() - t0
     busy1 = cpu_busy_seconds()
     table1 = proc_table()
@@ -861,8 +844,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
           "(1-connection runs: the leader).",
           f"- QuorumKV ({env.get('quorumkv_source') or '?'}): 3 `quorumkv {p['qkv_mode']}` "
           "replicas on 127.0.0.1; connections spread "
-          f"over {'all replicas' if p['qkv_target'] == 'all' else 'replica 0'} "
-          "(1-connection runs: replica 0).",
+          f"over {'all replicas' if p['qkv_target'] == 'all' else 'the home, replica 0'} "
+          "(1-connection runs: the home, replica 0).",
           f"- Data directories on {env['data_fs']} ({env['data_dir']}), fsync real (etcd WAL "
           "fsync; QuorumKV log fdatasync per commit).",
           f"- {env['cpus']} CPUs; servers, wrk and anything else share them.", "",
@@ -915,7 +898,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--etcd-target", choices=("all", "leader"), default="all",
                     help="etcd connections spread over all members (default) or the leader")
     ap.add_argument("--qkv-target", choices=("all", "leader"), default="all",
-                    help="QuorumKV connections over all replicas (default) or replica 0")
+                    help="QuorumKV connections over all replicas (default) or the home, "
+                         "replica 0")
     ap.add_argument("--qkv-mode", choices=("serve", "local"), default="serve",
                     help="3 `quorumkv serve` processes (default) or one `quorumkv local`")
     ap.add_argument("--quorumkv", default=None, help="path of the quorumkv script")

@@ -16,6 +16,9 @@ change would buy before anybody writes it properly. Knobs (environment variables
                               ballot above its own acceptor's, and acceptors ignore promises
                               on accept. With QKV_WAIT_ALL=1: the message pattern of the fast
                               overwrites of docs/fast-overwrites.md, without their safety
+  QKV_HOMES=N                 only the N voters whose ids sort first are homes (keys spread
+                              over them by rendezvous hashing); N=1: every key has the same
+                              home, as a leader would: all changes are proposed by one replica
 
 Example: A/B of a revision against itself with the GC knob, interleaved on the same machine:
   python3 bench/run.py --systems quorumkv --qkv-rev HEAD --workloads put,get \
@@ -138,11 +141,28 @@ def _unsafe_entry_puts_knob() -> None:
     Coordinator._begin = begin  # type: ignore[method-assign]
 
 
+def _homes_knob() -> None:
+    if not os.environ.get("QKV_HOMES"):
+        return
+    from quorumkv import placement
+    from quorumkv.replication import coordinator
+
+    n = int(os.environ["QKV_HOMES"])
+
+    def order(key: str, voters: Any) -> list[str]:
+        ids = sorted(voters)
+        return placement.rendezvous_order(key, ids[:n]) + ids[n:]
+
+    coordinator.rendezvous_order = order
+    coordinator.home_of = lambda key, voters: order(key, voters)[0]
+
+
 def main() -> int:
     _gc_knobs()
     _inflight_knob()
     _wait_all_knob()
     _unsafe_entry_puts_knob()
+    _homes_knob()
     from quorumkv.cli import main as quorumkv_main
 
     sys.argv[0] = "quorumkv"

@@ -54,38 +54,7 @@ function key_name(i)
   return string.format("key-%08d", i)
 end
 
--- BENCH_PARTITION=1: each thread only uses the keys whose "home" is the member it is
--- connected to, as a key-routing client would. Used to measure what routing each key to
--- one coordinator buys; off by default. The homes come from BENCH_HOMES, a Lua file that
--- returns the home member's index of every key (bench/run.py writes it for QuorumKV, by the
--- replicas' own rule); without it (etcd, whose leader is every key's home), every n-th key.
-PARTITION = os.getenv("BENCH_PARTITION") == "1"
-HOMES_FILE = os.getenv("BENCH_HOMES") or ""
-NPARTS = 1
-for _ in string.gmatch(targets_env, "[^,]+") do NPARTS = NPARTS + 1 end
-NPARTS = math.max(1, NPARTS - 1)
-
-local own_keys = nil  -- this thread's keys, by BENCH_HOMES
-
-local function homed_keys(part)
-  local keys = {}
-  local homes = dofile(HOMES_FILE)
-  for i = 1, math.min(#homes, KEYSPACE) do
-    if homes[i] == part then keys[#keys + 1] = i - 1 end
-  end
-  return keys
-end
-
 function key_index()
-  if PARTITION and NPARTS > 1 then
-    local part = ((id or 1) - 1) % NPARTS
-    if HOMES_FILE ~= "" then
-      own_keys = own_keys or homed_keys(part)
-      return own_keys[math.random(1, #own_keys)]
-    end
-    local slots = math.floor((KEYSPACE - 1 - part) / NPARTS)
-    return math.random(0, slots) * NPARTS + part
-  end
   return math.random(0, KEYSPACE - 1)
 end
 

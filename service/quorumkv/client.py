@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from quorumkv.placement import rendezvous_order
+from quorumkv.placement import home_order
 
 
 class QuorumKVError(Exception):
@@ -55,7 +55,7 @@ class GetResult:
 
 
 MEMBERSHIP_PATH = "/internal/v1/membership"
-ROUTES_TTL = 10.0  # seconds a cluster view routes keys before it is asked for again
+ROUTES_TTL = 10.0  # seconds a cluster view routes writes before it is asked for again
 DOWN_FOR = 5.0  # seconds a replica that failed a request is not routed to
 
 
@@ -93,23 +93,23 @@ class Client:
         timeout: float = 10.0,
         session: aiohttp.ClientSession | None = None,
         token: str | None = None,
-        route_keys: bool = False,
+        route_writes: bool = False,
     ) -> None:
         """`token` is the cluster's peer secret, needed only for the membership admin API.
 
-        `route_keys`: send each key's requests straight to its home replica, found by the
+        `route_writes`: send writes (PUT, DELETE) straight to the home replica, found by the
         replicas' own rule (`quorumkv.placement`) in the members that `endpoint`'s cluster view
-        lists (asked again every ROUTES_TTL seconds). The home is the replica that
-        coordinates the key: any other forwards the request there, so this saves the
-        cluster a hop per write (measured: about a third of a write's CPU). It needs the
+        lists (asked again every ROUTES_TTL seconds). The home proposes every change: any
+        other replica forwards a write there, so this saves the cluster a hop per write.
+        Reads go to `endpoint`: any replica serves them in one round trip. It needs the
         members' URLs to be reachable from the client (e.g. inside the Kubernetes cluster).
-        A replica that fails a request is skipped for DOWN_FOR seconds (the next in the
-        key's order takes its keys, as the replicas do), and the request goes to `endpoint`
-        instead if it is a read, or a write that certainly never reached the replica (no
-        connection); a write that may have reached it is never sent again.
+        A replica that fails a write is skipped for DOWN_FOR seconds (the next in the home
+        order takes its place, as it does for the replicas), and the write goes to
+        `endpoint` instead if it certainly never reached the replica (no connection); a
+        write that may have reached it is never sent again.
         """
         self.endpoint = endpoint.rstrip("/")
-        self._route_keys = route_keys
+        self._route_writes = route_writes
         self._routes: dict[str, str] = {}  # member id -> URL
         self._routes_at = -math.inf
         self._down_until: dict[str, float] = {}  # URL -> monotonic time
@@ -169,21 +169,22 @@ class Client:
             raise await _error(resp)
 
     async def _send(self, method: str, key: str, **kwargs: Any) -> aiohttp.ClientResponse:
-        """Send a key request to the key's home (with `route_keys`) or to the endpoint."""
-        url = await self._route(key)
+        """Send a key request: a write to the home (with `route_writes`), else to the
+        endpoint."""
+        url = await self._home() if method != "GET" else self.endpoint
         try:
             return await self._http().request(method, key_url(url, key), **kwargs)
         except (aiohttp.ClientError, TimeoutError) as exc:
             if url == self.endpoint:
                 raise
             self._down_until[url] = time.monotonic() + DOWN_FOR
-            if method != "GET" and not isinstance(exc, aiohttp.ClientConnectorError):
+            if not isinstance(exc, aiohttp.ClientConnectorError):
                 raise  # a write that may have been applied: never resent
         return await self._http().request(method, key_url(self.endpoint, key), **kwargs)
 
-    async def _route(self, key: str) -> str:
-        """The base URL for `key`: its home's while routing keys, else the endpoint."""
-        if not self._route_keys:
+    async def _home(self) -> str:
+        """The base URL for writes: the home's while routing writes, else the endpoint."""
+        if not self._route_writes:
             return self.endpoint
         now = time.monotonic()
         if now - self._routes_at > ROUTES_TTL:
@@ -192,8 +193,8 @@ class Client:
                 view = await self.cluster()
                 self._routes = {str(m["id"]): str(m["url"]).rstrip("/") for m in view["members"]}
             except (QuorumKVError, aiohttp.ClientError, TimeoutError, KeyError, TypeError):
-                self._routes = {}  # the endpoint takes every key until the next try
-        for node in rendezvous_order(key, self._routes):
+                self._routes = {}  # the endpoint takes every write until the next try
+        for node in home_order(self._routes):
             url = self._routes[node]
             if self._down_until.get(url, 0.0) <= now:
                 return url

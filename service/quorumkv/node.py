@@ -173,7 +173,7 @@ class Node:
         """The voter link to `peer` found it silent (a heartbeat or batch got no answer).
 
         Changes waiting to be forwarded to it can go another way now; and cut off from a
-        peer, maybe from more, we may see others write the keys we are home of, so the
+        peer, maybe from more, we may see others write keys while we are the home, so the
         promises we hold for them would make our one-round-trip accepts fail.
         """
         forward = self.forward_links.get(peer)

@@ -42,7 +42,7 @@ Single = Put | Delete | Identity
 
 
 class Batch(NamedTuple):
-    """Changes of one key that queued at its home while a proposal for the key was in flight,
+    """Changes of one key that queued at the home while a proposal for the key was in flight,
     proposed as one change: applied in turn, each told its own outcome.
 
     This is how writes to a hot key share a Paxos round, as a leader's log puts many writes

@@ -90,7 +90,7 @@ class PurgeReply(NamedTuple):
 
 
 class Forward(NamedTuple):
-    """Ask the key's home replica to run a change: one proposer per key, no duels."""
+    """Ask the home replica to run a change: one proposer, no duels."""
 
     key: str
     change: Single  # a batch is formed at the home, never forwarded

@@ -179,7 +179,7 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
 
 
 async def _run_forwarded(node: Node, message: Forward) -> PeerReply:
-    """Run a change forwarded to us as the key's home; never forward it again."""
+    """Run a change forwarded to us as the home; never forward it again."""
     assert node.coordinator is not None
     try:
         outcome, register = await node.coordinator.change(message.key, message.change,

@@ -5,7 +5,7 @@ the connections they opened to it (a Service balances connections, not requests)
 waiting to be added is reached by clients that name it. Answering them `503 not a member`
 failed requests while a quorum was fine (measured on Kubernetes: a failed write in 3 of 4
 scale-downs). Such a replica knows the members from its configuration, so it passes the
-request on to one, the key's home first, and hands back the answer.
+request on to one, the home first (`quorumkv.placement`), and hands back the answer.
 
 A request is relayed once at most (`RELAYED_HEADER`): two replicas whose views of the
 membership differ for a moment can never bounce one between them.
@@ -29,7 +29,7 @@ from quorumkv.errors import (
     ValueTooLarge,
 )
 from quorumkv.node import Node
-from quorumkv.placement import rendezvous_order
+from quorumkv.placement import home_order
 
 RELAYED_HEADER = "X-QuorumKV-Relayed"
 _ERRORS: dict[int, type[ServiceError]] = {400: BadRequest, 404: NotFound,
@@ -63,7 +63,7 @@ async def send(node: Node, key: str, change: Single | None) -> Relayed:
     config = node.membership.config
     urls = config.url_map()
     timeout = aiohttp.ClientTimeout(total=node.settings.request_timeout + 1)
-    for member in _by_liveness(node, rendezvous_order(key, config.voters)):
+    for member in _by_liveness(node, home_order(config.voters)):
         try:
             async with node.session.request(method, key_url(urls[member], key),
                                             headers=headers, data=body,
@@ -83,7 +83,7 @@ async def send(node: Node, key: str, change: Single | None) -> Relayed:
 
 def _by_liveness(node: Node, members: list[str]) -> list[str]:
     """Members the heartbeats find answering first: a paused one would hold the request
-    until its timeout (the order is otherwise kept: the key's home first)."""
+    until its timeout (the order is otherwise kept: the home first)."""
     return sorted(members, key=lambda member: not (
         (link := node.links.get(member)) is not None and link.reachable))
 

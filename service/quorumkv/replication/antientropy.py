@@ -114,7 +114,7 @@ class AntiEntropy:
         async def repair(key: str) -> bool:
             async with keys:
                 try:
-                    # proposed here, not by the key's home: a replica back from a restart
+                    # proposed here, not by the home: a replica back from a restart
                     # refuses the low ballots of the home's one-round-trip accepts (its
                     # promise floor), so only a fresh prepare from here reaches it
                     await self._coordinator.change(key, Identity(), local_only=True)

@@ -51,7 +51,7 @@ from quorumkv.core.proposer import (
 )
 from quorumkv.core.register import Register
 from quorumkv.errors import QuorumUnavailable
-from quorumkv.placement import home_of, rendezvous_order
+from quorumkv.placement import home_of, home_order
 from quorumkv.replication.key_queue import KeyQueue
 from quorumkv.replication.local_acceptor import LocalAcceptor
 from quorumkv.replication.membership import Membership
@@ -160,19 +160,19 @@ class Coordinator:
     ) -> tuple[Outcome, Register]:
         """Apply `change` to `key` through Paxos; raises `QuorumUnavailable`.
 
-        The key's home replica proposes it (unless `local_only`): with one proposer per key
-        there are no duels, whose accepts taken by some acceptors and refused by others would
-        leave writes indeterminate, and the home's promise from its last accept usually saves
-        the prepare. While the home does not answer, the next replica in the key's rendezvous
-        order that does is its home, for the same reasons: every replica that sees the same
-        peers down picks the same one.
+        The cluster's home replica proposes it (unless `local_only`; `quorumkv.placement`):
+        with one proposer there are no duels, whose accepts taken by some acceptors and refused
+        by others would leave writes indeterminate, and the home's promise from its last
+        accept of the key usually saves the prepare. While the home does not answer, the next
+        voter in the home order that does is the home, for the same reasons: every replica
+        that sees the same peers down picks the same one.
         """
         self._check_initialized()
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self._timeout
         if not local_only:
-            home = self._acting_home(key)
+            home = self._acting_home()
             link = self._forward_links.get(home)
             if home != self._node and link is not None:
                 try:
@@ -239,13 +239,12 @@ class Coordinator:
         for _ in range(size):
             self._observe("batched")
 
-    def home(self, key: str) -> str:
-        return home_of(key, self._membership.config.voters)
+    def home(self) -> str:
+        return home_of(self._membership.config.voters)
 
-    def _acting_home(self, key: str) -> str:
-        """The first voter in the key's rendezvous order that is this replica or answered
-        recently."""
-        for node in rendezvous_order(key, self._membership.config.voters):
+    def _acting_home(self) -> str:
+        """The first voter in the home order that is this replica or answered recently."""
+        for node in home_order(self._membership.config.voters):
             if node == self._node:
                 return node
             link = self._links.get(node)

@@ -1,8 +1,8 @@
 """Tombstone collection: a deleted key is forgotten by every voter once it is old.
 
 A delete leaves a tombstone (the register without a value) so that Paxos can order it; kept
-forever, tombstones would grow memory and disk without bound under create/delete churn. Each
-replica collects the tombstones of the keys it is home for, in two steps:
+forever, tombstones would grow memory and disk without bound under create/delete churn. The home
+replica (`quorumkv.placement`) collects them, in two steps:
 
 1. read the key from every voter (not a quorum): each must hold the very tombstone, accepted
    at the same ballot. From then on no voter accepts a lower ballot for the key, so no
@@ -66,15 +66,15 @@ class TombstoneCollector:
                 log.exception("tombstone collection round failed")
 
     def _due(self) -> list[str]:
-        """Old tombstones of keys this replica is home for, oldest first."""
+        """Old tombstones, oldest first, if this replica is the home."""
+        if self._coordinator.home() != self._membership.node_id:
+            return []
         horizon = time.monotonic() - self._ttl
-        me = self._membership.node_id
         due: list[str] = []
         for key, since in self._local.tombstones.items():  # insertion order: oldest first
             if since > horizon or len(due) >= MAX_KEYS_PER_ROUND:
                 break
-            if self._coordinator.home(key) == me:
-                due.append(key)
+            due.append(key)
         return due
 
     async def collect(self) -> int:
