@@ -16,9 +16,10 @@ change would buy before anybody writes it properly. Knobs (environment variables
                               ballot above its own acceptor's, and acceptors ignore promises
                               on accept. With QKV_WAIT_ALL=1: the message pattern of the fast
                               overwrites of docs/fast-overwrites.md, without their safety
-  QKV_HOMES=N                 only the N voters whose ids sort first are homes (keys spread
-                              over them by rendezvous hashing); N=1: every key has the same
-                              home, as a leader would: all changes are proposed by one replica
+  QKV_HOMES=N                 revisions before 12ffe60 (a home per key): only the N voters
+                              whose ids sort first are homes (keys spread over them by
+                              rendezvous hashing); N=1: one home for every key, as 12ffe60 made
+                              it (bench/README.md, thirteenth pass)
 
 Example: A/B of a revision against itself with the GC knob, interleaved on the same machine:
   python3 bench/run.py --systems quorumkv --qkv-rev HEAD --workloads put,get \
