@@ -420,7 +420,8 @@ class QuorumKV(Cluster):
         return descendants(table, self.pids) - self.pids or self.pids
 
     def targets(self, mode: str) -> list[str]:
-        """"leader": the home only, replica "0" (`quorumkv.placement`: its id sorts first)."""
+        """Mode "leader": the home only, replica "0" (`quorumkv.placement`: its id sorts
+        first)."""
         t = [f"127.0.0.1:{p}" for p in self.ports]
         return t[:1] if mode == "leader" else t
 
