@@ -11,7 +11,7 @@ propose any change (Paxos needs no leader for safety); the home is a preference,
 election, so there is no lease and no term to wait out.
 
 Until 2026-11-27 each key had its own home (rendezvous hashing over the voters). On this
-project's 2-core benchmark host, one home for all keys made writes 20-45% faster and 25-35%
+project's 2-core benchmark host, one home for all keys made writes 12-51% faster and 17-35%
 cheaper in CPU per write (bench/README.md, thirteenth pass): one proposer's batches are three
 times larger than three proposers' each, and the other replicas only forward and accept. The
 price is etcd's: the home's one core bounds the cluster's write rate.
@@ -27,7 +27,8 @@ from collections.abc import Iterable
 
 def home_order(voters: Iterable[str]) -> list[str]:
     """The voters by preference to be the home: their ids in sorted order, so that the home
-    stays put when replicas are added (a StatefulSet's `name-0` is home for good)."""
+    stays put when replicas are added or removed (a KVCluster's ids are its pods' ordinals,
+    and scaling adds or removes the highest: replica `0` is home for good)."""
     return sorted(voters)
 
 

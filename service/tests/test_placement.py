@@ -12,10 +12,11 @@ def test_the_home_is_first_in_the_order_and_the_order_does_not_depend_on_the_inp
 
 
 def test_the_home_stays_put_when_a_statefulset_grows_or_shrinks() -> None:
-    """Scaling a StatefulSet adds and removes its highest ordinals; its `name-0` stays home,
-    so the home's promises (which save its next prepare of each key) are never lost to a
-    resize. Ids compare as strings: `qkv-10` sorts before `qkv-2`, never before `qkv-0`."""
-    three = [f"qkv-{i}" for i in range(3)]
-    eleven = [f"qkv-{i}" for i in range(11)]
-    assert home_of(three) == home_of(eleven) == "qkv-0"
-    assert home_order(eleven)[:3] == ["qkv-0", "qkv-1", "qkv-10"]
+    """Scaling a StatefulSet adds and removes its highest ordinals, which are a KVCluster's
+    replica ids; replica `0` stays home, so the home's promises (which save its next
+    prepare of each key) are never lost to a resize. Ids compare as strings: `10` sorts
+    before `2`, never before `0`."""
+    three = [str(i) for i in range(3)]
+    eleven = [str(i) for i in range(11)]
+    assert home_of(three) == home_of(eleven) == "0"
+    assert home_order(eleven)[:3] == ["0", "1", "10"]
