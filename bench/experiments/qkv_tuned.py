@@ -10,12 +10,16 @@ change would buy before anybody writes it properly. Knobs (environment variables
   QKV_GC_FREEZE_AFTER=S       gc.freeze() S seconds after start (state loaded by then)
   QKV_GC_LOG=1                log GC counts, total and max pause every 5 s (stderr)
   QKV_INFLIGHT=N              concurrent batches per peer link (PeerLink max_inflight)
+  QKV_FORWARD_INFLIGHT=N      the same, for forwarding links only (node.forward_links)
   QKV_WAIT_ALL=1              a plain PUT's accept waits for every voter, not a quorum
   QKV_UNSAFE_ENTRY_PUTS=1     UNSAFE, timing only: the replica that takes a plain PUT proposes
                               it itself in one round trip (no forward, no prepare), at a
                               ballot above its own acceptor's, and acceptors ignore promises
                               on accept. With QKV_WAIT_ALL=1: the message pattern of the fast
                               overwrites of docs/fast-overwrites.md, without their safety
+  QKV_LOOP_PROBE=1            log every 5 s how late the event loop runs a timer due every
+                              2 ms (mean, p50, p99, max): how long a ready callback waits
+                              (uvloop's clock moves in 1 ms steps)
   QKV_HOMES=N                 revisions before 12ffe60 (a home per key): only the N voters
                               whose ids sort first are homes (keys spread over them by
                               rendezvous hashing); N=1: one home for every key, as 12ffe60 made
@@ -74,15 +78,18 @@ def _gc_knobs() -> None:
 
 
 def _inflight_knob() -> None:
-    if not os.environ.get("QKV_INFLIGHT"):
+    if not (os.environ.get("QKV_INFLIGHT") or os.environ.get("QKV_FORWARD_INFLIGHT")):
         return
     from quorumkv.replication import transport
 
-    n = int(os.environ["QKV_INFLIGHT"])
+    n = int(os.environ.get("QKV_INFLIGHT") or 1)
+    forwarding = int(os.environ.get("QKV_FORWARD_INFLIGHT") or n)
     original = transport.PeerLink.__init__
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["max_inflight"] = n
+        # node._link_for: only forwarding links have neither an observer nor an on_down
+        is_forwarding = kwargs.get("observe") is None and kwargs.get("on_down") is None
+        kwargs["max_inflight"] = forwarding if is_forwarding else n
         original(self, *args, **kwargs)
 
     transport.PeerLink.__init__ = init  # type: ignore[method-assign]
@@ -158,12 +165,49 @@ def _homes_knob() -> None:
     coordinator.home_of = lambda key, voters: order(key, voters)[0]
 
 
+def _loop_probe_knob() -> None:
+    if os.environ.get("QKV_LOOP_PROBE") != "1":
+        return
+    import asyncio
+
+    from quorumkv.node import Node
+
+    original = Node.start
+    period = 0.002
+
+    async def start(self: Any) -> None:
+        await original(self)
+        loop = asyncio.get_running_loop()
+        late: list[float] = []
+        reported = [loop.time()]
+
+        def tick(due: float) -> None:
+            now = loop.time()
+            late.append(now - due)
+            if now - reported[0] >= 5 and late:
+                late.sort()
+                n = len(late)
+                sys.stderr.write(
+                    f"LOOPLATE n={n} mean={sum(late) / n * 1e3:.2f}ms "
+                    f"p50={late[n // 2] * 1e3:.2f}ms p99={late[int(n * 0.99)] * 1e3:.2f}ms "
+                    f"max={late[-1] * 1e3:.2f}ms\n")
+                sys.stderr.flush()
+                late.clear()
+                reported[0] = now
+            loop.call_at(now + period, tick, now + period)
+
+        loop.call_at(loop.time() + period, tick, loop.time() + period)
+
+    Node.start = start  # type: ignore[method-assign]
+
+
 def main() -> int:
     _gc_knobs()
     _inflight_knob()
     _wait_all_knob()
     _unsafe_entry_puts_knob()
     _homes_knob()
+    _loop_probe_knob()
     from quorumkv.cli import main as quorumkv_main
 
     sys.argv[0] = "quorumkv"
