@@ -23,7 +23,9 @@ from quorumkv.settings import (
     SettingsError,
     parse_http_url,
     parse_listen,
+    parse_node_id,
     parse_peers,
+    positive_number,
     read_token,
 )
 
@@ -122,6 +124,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
     if args.log_level not in LOG_LEVELS:  # argparse checks choices on the command line only
         raise SettingsError(f"--log-level (or QUORUMKV_LOG_LEVEL) must be one of "
                             f"{', '.join(LOG_LEVELS)}, got {args.log_level!r}")
+    parse_node_id(args.node_id)
     host, port = parse_listen(args.listen)
     peers = parse_peers(args.peer or [os.environ.get("QUORUMKV_PEERS", "")])
     if not peers:
@@ -132,10 +135,8 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
                             f"({', '.join(peers)}): list every member, this one included, or "
                             "give --advertise-url for a replica that joins later")
     advertise = parse_peers([f"{args.node_id}={advertise}"])[args.node_id]
-    if min(args.request_timeout, args.max_value_bytes, args.tombstone_ttl,
-           args.antientropy_interval) <= 0:
-        raise SettingsError("--request-timeout, --max-value-bytes, --tombstone-ttl and "
-                            "--antientropy-interval must be positive")
+    for flag in ("request_timeout", "max_value_bytes", "tombstone_ttl", "antientropy_interval"):
+        positive_number(getattr(args, flag), "--" + flag.replace("_", "-"))
     return ServeSettings(
         node_id=args.node_id, listen_host=host, listen_port=port, peers=peers,
         data_dir=Path(args.data_dir), advertise_url=advertise,
@@ -149,6 +150,16 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         log_level=args.log_level)
 
 
+def _key(key: str) -> str:
+    """A key from the command line: keys are UTF-8 text (SPEC.md); bytes that are not reach
+    Python as surrogates."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SettingsError(f"the key {key!r} is not valid UTF-8") from None
+    return key
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -160,8 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from quorumkv.local import run_local
             return run_local(args.replicas, args.base_port, args.data_dir)
         args.endpoint = parse_http_url(args.endpoint, "--endpoint")
-        if args.timeout <= 0:
-            raise SettingsError("--timeout must be positive")
+        positive_number(args.timeout, "--timeout")
+        args.key = _key(args.key)
+        if args.command == "put" and args.value != "-":
+            # the argument's own bytes: the shell passed them, whatever their encoding
+            args.value = os.fsencode(args.value)
     except SettingsError as exc:
         parser.exit(EXIT_USAGE, f"quorumkv {args.command}: error: {exc}\n")
     from quorumkv.client_cli import run_client_command

@@ -147,16 +147,17 @@ class Client:
             headers["If-None-Match"] = "*"
         async with await self._send("PUT", key, data=value, headers=headers) as resp:
             if resp.status in (200, 201):
-                return PutResult(created=resp.status == 201, etag=resp.headers["ETag"])
+                return PutResult(created=resp.status == 201, etag=_etag(resp))
             raise await _error(resp)
 
     async def get(self, key: str) -> GetResult | None:
         async with await self._send("GET", key) as resp:
             if resp.status == 200:
-                return GetResult(value=await resp.read(), etag=resp.headers["ETag"])
-            if resp.status == 404:
+                return GetResult(value=await resp.read(), etag=_etag(resp))
+            error = await _error(resp)
+            if _absent(error):
                 return None
-            raise await _error(resp)
+            raise error
 
     async def delete(self, key: str, *, if_match: str | None = None) -> bool:
         """Delete a key; False when it was absent."""
@@ -164,9 +165,10 @@ class Client:
         async with await self._send("DELETE", key, headers=headers) as resp:
             if resp.status == 204:
                 return True
-            if resp.status == 404:
+            error = await _error(resp)
+            if _absent(error):
                 return False
-            raise await _error(resp)
+            raise error
 
     async def _send(self, method: str, key: str, **kwargs: Any) -> aiohttp.ClientResponse:
         """Send a key request: a write to the home (with `route_writes`), else to the
@@ -235,6 +237,20 @@ class Client:
     async def ready(self) -> bool:
         async with self._http().get(self.endpoint + "/readyz") as resp:
             return resp.status == 200
+
+
+def _etag(resp: aiohttp.ClientResponse) -> str:
+    etag = resp.headers.get("ETag")
+    if etag is None:
+        raise QuorumKVError(resp.status, "no_etag", f"{resp.url} answered without an ETag: "
+                            "is the endpoint a QuorumKV replica?")
+    return etag
+
+
+def _absent(error: QuorumKVError) -> bool:
+    """A replica's 404 for an absent key, not one for a path it has no route for (an
+    endpoint URL with a wrong path prefix must not make every key look absent)."""
+    return error.status == 404 and error.error == "not_found"
 
 
 async def _error(resp: aiohttp.ClientResponse) -> QuorumKVError:

@@ -46,7 +46,7 @@ def entity_tag(version: str | None) -> str | None:
 async def _run(client: Client, args: argparse.Namespace) -> int:
     if_match = entity_tag(getattr(args, "if_match", None))
     if args.command == "put":
-        value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
+        value = sys.stdin.buffer.read() if args.value == "-" else args.value
         result = await client.put(args.key, value, if_match=if_match,
                                   create_only=args.create_only)
         print(f"{'created' if result.created else 'replaced'} {args.key} "

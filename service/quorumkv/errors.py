@@ -22,6 +22,14 @@ class NotFound(ServiceError):
     error = "not_found"
 
 
+class UnknownPath(ServiceError):
+    """No endpoint at this path: told apart from an absent key (`not_found`), so that a
+    client sent to a wrong URL does not take every key for absent."""
+
+    status = 404
+    error = "unknown_path"
+
+
 class PreconditionFailed(ServiceError):
     status = 412
     error = "precondition_failed"

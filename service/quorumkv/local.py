@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,13 @@ def run_local(replicas: int, base_port: int, data_dir: str | None) -> int:
         print("quorumkv local: error: --base-port must leave room for every replica",
               file=sys.stderr)
         return 2
+    busy = [port for port in range(base_port, base_port + replicas) if _in_use(port)]
+    if busy:
+        # checked before starting: otherwise another cluster on these ports answers for ours
+        print(f"quorumkv local: error: port {', '.join(map(str, busy))} of 127.0.0.1 is in "
+              "use (another `quorumkv local`?); stop it or choose another --base-port",
+              file=sys.stderr)
+        return 1
     root = Path(data_dir or "quorumkv-data").resolve()
     urls = {str(i): f"http://127.0.0.1:{base_port + i}" for i in range(replicas)}
     peers = [arg for node, url in urls.items() for arg in ("--peer", f"{node}={url}")]
@@ -73,6 +81,17 @@ def run_local(replicas: int, base_port: int, data_dir: str | None) -> int:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _in_use(port: int) -> bool:
+    """Whether a replica could not listen on `port` (bound as the replicas bind)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]],

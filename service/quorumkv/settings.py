@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
 MAX_VALUE_BYTES = 1024 * 1024
+# A node id names the replica in ETags (`"5.0.<id>"`), in `ID=URL` lists (QUORUMKV_PEERS is
+# comma-separated) and in logs: letters, digits, `-`, `_` and `.`, as in a DNS label.
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 class SettingsError(ValueError):
@@ -50,6 +55,20 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_node_id(value: str, what: str = "--node-id") -> str:
+    if not NODE_ID.fullmatch(value):
+        raise SettingsError(f"{what}: {value!r} is not a node id (1-63 letters, digits, "
+                            "'-', '_' or '.', starting with a letter or digit)")
+    return value
+
+
+def positive_number(value: float, what: str) -> float:
+    """`value` if it is a finite number above zero (argparse's `float` takes nan and inf)."""
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"{what} must be a positive number, got {value!r}")
+    return value
+
+
 def parse_peers(values: list[str]) -> dict[str, str]:
     """`ID=URL` items (also comma-separated) into an ordered mapping, strictly."""
     peers: dict[str, str] = {}
@@ -60,6 +79,7 @@ def parse_peers(values: list[str]) -> dict[str, str]:
         node, url = node.strip(), url.strip()
         if not sep or not node or not url:
             raise SettingsError(f"a peer must be ID=URL, got {item!r}")
+        node = parse_node_id(node, "a peer's id")
         url = parse_http_url(url, f"peer {node}")
         if node in peers and peers[node] != url:
             raise SettingsError(f"peer {node} is given twice with different URLs")
@@ -71,10 +91,19 @@ def parse_http_url(url: str, what: str) -> str:
     """`url` without its trailing slash, if it is an http(s) URL with a host: `what` names
     the flag or peer in the error, which a typo would otherwise surface much later as a
     connection failure."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SettingsError(f"{what}: {url!r} is not an http(s) URL "
-                            "(e.g. http://127.0.0.1:7000)")
+    example = "(e.g. http://127.0.0.1:7000)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise SettingsError(f"{what}: {url!r} is not a valid URL ({exc}) {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{what}: {url!r} is not an http(s) URL {example}")
+    if port == 0:
+        raise SettingsError(f"{what}: {url!r} has port 0 {example}")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise SettingsError(f"{what}: {url!r} has a query or fragment; give the base URL "
+                            f"{example}")
     return url.rstrip("/")
 
 

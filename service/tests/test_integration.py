@@ -638,7 +638,9 @@ async def test_peer_endpoints_need_the_token(tmp_path: Path) -> None:
             async with http.get(unknown) as resp:
                 assert resp.status == 401
             async with http.get(unknown, headers={"Authorization": "Bearer s3cret"}) as resp:
-                assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+                assert resp.status == 404 and (await resp.json())["error"] == "unknown_path"
+            async with http.get(unknown, headers={"Authorization": "bEaReR s3cret"}) as resp:
+                assert resp.status == 404  # the scheme's case does not matter (RFC 9110)
             stream = replicas.urls["1"] + "/internal/v1/stream"
             for headers in ({}, {"Authorization": "Bearer no"}):
                 with pytest.raises(aiohttp.WSServerHandshakeError) as refused:

@@ -119,6 +119,14 @@ def test_quick_start_local_cluster_then_the_client_commands(local: LocalCluster,
     blob = bytes(range(256)) * 4
     assert cli("put", "blob", "-", "--endpoint", second, stdin=blob).returncode == 0
     assert cli("get", "blob", "--endpoint", first).stdout == blob
+    latin1 = "caf\udce9"  # the shell's bytes b"caf\xe9" (not UTF-8), as Python sees them
+    assert cli("put", "latin-1", latin1, "--endpoint", first).returncode == 0
+    assert cli("get", "latin-1", "--endpoint", third).stdout == b"caf\xe9"
+    # an endpoint with a wrong path reaches no key route: an error, never "not found"
+    for command in (["get", "blob"], ["delete", "blob"]):
+        wrong = cli(*command, "--endpoint", first + "/prefix")
+        assert wrong.returncode == 4 and b"404 unknown_path" in wrong.stderr, wrong.stderr
+    assert cli("get", "blob", "--endpoint", second).stdout == blob
 
     assert cli("delete", "greeting", "--endpoint", second).returncode == 0
     missing = cli("get", "greeting", "--endpoint", first)
@@ -145,22 +153,32 @@ def test_quick_start_local_cluster_then_the_client_commands(local: LocalCluster,
         assert again.stop(signal.SIGTERM) == 0
 
 
-@pytest.mark.integration
-def test_local_says_which_replica_could_not_start_and_stops_the_others(tmp_path: Path) -> None:
+def test_local_on_a_port_in_use_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    """Found before any replica starts: otherwise whatever holds the port (say, another
+    `quorumkv local`) would answer the readiness checks, and this one report it ready."""
     base = free_port_run(3)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", base + 1))
         taken.listen()
-        started = time.monotonic()
         run = subprocess.run([*QUORUMKV, "local", "--replicas", "3", "--base-port", str(base),
-                              "--data-dir", str(tmp_path)], capture_output=True, timeout=60,
-                             check=False)
-    assert run.returncode == 1 and time.monotonic() - started < 30
-    assert b'"msg":"cannot listen"' in run.stderr and b"Traceback" not in run.stderr
-    assert b"replica 1 (status 5) could not start" in run.stderr
-    for port in (base, base + 2):  # the others were stopped, not left behind
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                              "--data-dir", str(tmp_path / "data")], capture_output=True,
+                             timeout=60, check=False)
+    assert run.returncode == 1 and b"Traceback" not in run.stderr
+    assert f"port {base + 1} of 127.0.0.1 is in use".encode() in run.stderr
+    assert b"ready" not in run.stdout and not (tmp_path / "data").exists()
+
+
+@pytest.mark.integration
+def test_a_replica_that_cannot_listen_says_why_in_one_line(tmp_path: Path) -> None:
+    port = free_port(["127.0.0.1"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        run = cli("serve", "--node-id", "0", "--listen", f"127.0.0.1:{port}",
+                  "--data-dir", str(tmp_path / "data"))
+    errors = [line for line in run.stderr.splitlines() if b'"level":"error"' in line]
+    assert run.returncode == 5 and b"Traceback" not in run.stderr, run.stderr
+    assert len(errors) == 1 and b'"msg":"cannot listen"' in errors[0], run.stderr
 
 
 def test_an_unreachable_endpoint_is_status_3_with_the_reason() -> None:
@@ -187,7 +205,19 @@ BAD_FLAGS = [
     Bad(["serve", "--node-id", "3", "--data-dir", "{d}", "--peer", "0=http://127.0.0.1:7000"],
         "--node-id '3' is not among the peers (0)"),
     Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--request-timeout", "0"],
-        "must be positive"),
+        "--request-timeout must be a positive number, got 0.0"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--request-timeout", "nan"],
+        "--request-timeout must be a positive number, got nan"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--tombstone-ttl", "inf"],
+        "--tombstone-ttl must be a positive number, got inf"),
+    Bad(["serve", "--node-id", "a,b", "--data-dir", "{d}"], "--node-id: 'a,b' is not a node id"),
+    Bad(["serve", "--node-id", 'a"b', "--data-dir", "{d}"], "--node-id: 'a\"b' is not a node id"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--peer", "0=http://[::1"],
+        "peer 0: 'http://[::1' is not a valid URL"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--peer", "0=http://127.0.0.1:99999"],
+        "peer 0: 'http://127.0.0.1:99999' is not a valid URL"),
+    Bad(["serve", "--node-id", "0", "--data-dir", "{d}", "--peer", "0=http://h:7000",
+         "--peer", "1 2=http://h:7001"], "a peer's id: '1 2' is not a node id"),
     Bad(["serve", "--node-id", "0", "--data-dir", "{d}"],
         "argument --request-timeout: invalid float value: 'soon'",
         {"QUORUMKV_REQUEST_TIMEOUT": "soon"}),
@@ -204,7 +234,13 @@ BAD_FLAGS = [
         "--endpoint: '127.0.0.1:7000' is not an http(s) URL"),
     Bad(["get", "k"], "--endpoint: 'localhost' is not an http(s) URL",
         {"QUORUMKV_ENDPOINT": "localhost"}),
-    Bad(["get", "k", "--timeout", "0"], "--timeout must be positive"),
+    Bad(["get", "k", "--timeout", "0"], "--timeout must be a positive number, got 0.0"),
+    Bad(["get", "k", "--timeout", "inf"], "--timeout must be a positive number, got inf"),
+    Bad(["get", "k", "--endpoint", "http://127.0.0.1:abc"],
+        "--endpoint: 'http://127.0.0.1:abc' is not a valid URL"),
+    Bad(["get", "k", "--endpoint", "http://127.0.0.1:7000?x=1"],
+        "--endpoint: 'http://127.0.0.1:7000?x=1' has a query or fragment"),
+    Bad(["get", "k\udcff"], "the key 'k\\udcff' is not valid UTF-8"),
     Bad(["get", "k", "--timeout", "soon"], "invalid float value: 'soon'"),
     Bad(["frobnicate"], "invalid choice: 'frobnicate'"),
 ]

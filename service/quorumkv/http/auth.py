@@ -12,7 +12,7 @@ import hmac
 
 from aiohttp import web
 
-from quorumkv.errors import NotFound
+from quorumkv.errors import UnknownPath
 from quorumkv.http.errors import Handler, error_response
 from quorumkv.http.keys import NODE
 
@@ -24,10 +24,11 @@ def requires_token(handler: Handler) -> Handler:
     async def checked(request: web.Request) -> web.StreamResponse:
         token = request.app[NODE].settings.auth_token
         if token is not None:
-            given = request.headers.get("Authorization", "")
-            # aiohttp keeps bytes that are not UTF-8 as surrogates: give them back as bytes
-            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
-                                       f"Bearer {token}".encode()):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            # the scheme is case-insensitive (RFC 9110, 11.1); aiohttp keeps bytes that are
+            # not UTF-8 as surrogates: give them back as bytes
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    given.encode("utf-8", "surrogateescape"), token.encode()):
                 return error_response(401, "unauthorized",
                                       "peer requests need `Authorization: Bearer <token>`",
                                       {"WWW-Authenticate": "Bearer"})
@@ -42,4 +43,4 @@ fallback_routes = web.RouteTableDef()  # register after every other route
 @fallback_routes.route("*", INTERNAL_PREFIX + r"{tail:[\s\S]*}")
 @requires_token
 async def unknown_internal(request: web.Request) -> web.StreamResponse:
-    raise NotFound(f"no internal endpoint {request.method} {request.path}")
+    raise UnknownPath(f"no internal endpoint {request.method} {request.path}")

@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from quorumkv.errors import QuorumUnavailable, ServiceError
+from quorumkv.errors import QuorumUnavailable, ServiceError, UnknownPath
 
 log = logging.getLogger("quorumkv.http")
 
@@ -42,6 +42,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ServiceError as exc:
         return error_response(exc.status, exc.error, exc.detail, error_headers(exc))
+    except web.HTTPNotFound:  # the router's: no route for this path
+        return error_response(UnknownPath.status, UnknownPath.error,
+                              f"no endpoint {request.path!r}; keys are under /v1/kv/")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
