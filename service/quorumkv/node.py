@@ -228,7 +228,9 @@ class Node:
                     cluster = founding_id({**founders, self.settings.node_id: self.incarnation})
                     adopted = self.membership.adopt(proposal._replace(epoch=1, cluster=cluster))
                     if adopted is not None:
-                        await adopted
+                        # shielded: the commit is shared; a stop that cancels this task
+                        # must not cancel it for the others waiting on it
+                        await asyncio.shield(adopted)
                     log.info("bootstrapped a new cluster",
                              extra={"members": sorted(proposal.voters), "cluster": cluster})
                     return

@@ -101,7 +101,7 @@ def parse_http_url(url: str, what: str) -> str:
         raise SettingsError(f"{what}: {url!r} is not an http(s) URL {example}")
     if port == 0:
         raise SettingsError(f"{what}: {url!r} has port 0 {example}")
-    if parts.query or parts.fragment or "?" in url or "#" in url:
+    if "?" in url or "#" in url:  # also an empty query or fragment
         raise SettingsError(f"{what}: {url!r} has a query or fragment; give the base URL "
                             f"{example}")
     return url.rstrip("/")

@@ -197,7 +197,7 @@ class MembershipChanger:
         urls = {**old.url_map(), **new.url_map()}
         adopted = self._membership.adopt(new)
         if adopted is not None:
-            await adopted
+            await asyncio.shield(adopted)  # the commit is shared with other waiters
         quorum = reconfig.installing_quorum(new, old)
         me = self._membership.node_id
         links = {node: self._link_for(node, urls[node]) for node in (old.voters | new.voters)

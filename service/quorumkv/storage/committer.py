@@ -86,17 +86,16 @@ class GroupCommitter:
                     seconds = time.monotonic() - started
                 except Exception as exc:
                     self.failure = exc
-                    for waiting in (done, self._pending_done):
-                        if waiting is not None and not waiting.done():
-                            waiting.set_exception(exc)
+                    done.set_exception(exc)
+                    if self._pending_done is not None:
+                        self._pending_done.set_exception(exc)
                     if self._on_failure is not None:
                         self._on_failure(exc)
                     raise
                 if self._observe is not None:
                     self._observe(len(self._inflight) + len(meta), seconds)
                 self._inflight, self._inflight_done = {}, None
-                if not done.done():  # cancelled by a caller that stopped waiting (shutdown)
-                    done.set_result(None)
+                done.set_result(None)
         finally:
             self._flusher = self._inflight_since = None
 
