@@ -18,7 +18,7 @@ from functools import partial
 from typing import NamedTuple
 
 from quorumkv.core import proposer
-from quorumkv.core.acceptor import Promise
+from quorumkv.core.acceptor import Accepted, Conflict, Promise
 from quorumkv.core.ballot import ZERO, Ballot
 from quorumkv.core.changes import (
     Change,
@@ -56,7 +56,7 @@ from quorumkv.replication.key_queue import KeyQueue
 from quorumkv.replication.local_acceptor import LocalAcceptor
 from quorumkv.replication.membership import Membership
 from quorumkv.replication.transport import PeerLink, PeerUnavailable
-from quorumkv.replication.wire import FAST_CREATES
+from quorumkv.replication.wire import FAST_CREATES, PeerReply
 
 log = logging.getLogger("quorumkv.coordinator")
 
@@ -375,6 +375,7 @@ class Coordinator:
         voters = prop.config.voters
         outstanding = [len(voters)]
         lingering = [False]
+        timers: list[asyncio.TimerHandle] = []  # cancelled once decided
 
         def feed(node: str, reply: Reply | None) -> None:
             outstanding[0] -= 1
@@ -390,8 +391,7 @@ class Coordinator:
                         lingering[0] = True
                         wait = READ_PATIENCE if prop.phase is proposer.Phase.READ \
                             else FAST_PATIENCE
-                        patience = loop.call_later(wait, _expire, decided)
-                        decided.add_done_callback(lambda _: patience.cancel())
+                        timers.append(loop.call_later(wait, _expire, decided))
                 elif not isinstance(action, Continue):
                     decided.set_result(action)
                     return
@@ -403,16 +403,12 @@ class Coordinator:
         if isinstance(message, Read) and local is not None and isinstance(local[0], Promise):
             sent = message._replace(known=local[0].accepted)  # peers that agree say Unchanged
 
-        def on_done(node: str, future: asyncio.Future[Reply | Unchanged]) -> None:
-            if future.cancelled() or future.exception() is not None:
-                feed(node, None)
-                return
-            answer = future.result()
+        def on_answer(node: str, answer: PeerReply | PeerUnavailable) -> None:
             if isinstance(answer, Unchanged):  # the peer holds what we sent as known
                 assert local is not None
                 feed(node, local[0])
-            else:
-                feed(node, answer)
+            else:  # anything but a vote (a failure, a bug) counts as no answer
+                feed(node, answer if isinstance(answer, Promise | Accepted | Conflict) else None)
 
         def on_durable(node: str, reply: Reply, future: asyncio.Future[None]) -> None:
             feed(node, None if future.cancelled() or future.exception() else reply)
@@ -426,15 +422,19 @@ class Coordinator:
                 else:
                     durable.add_done_callback(partial(on_durable, node, reply))
             elif (link := self._links.get(node)) is not None:
-                link.call(sent, prop.config).add_done_callback(partial(on_done, node))
+                link.send(sent, prop.config, partial(on_answer, node))
             else:
                 outstanding[0] -= 1
         if outstanding[0] == 0 and not decided.done():
             decided.set_result(None)
-        if not decided.done():
-            expiry = loop.call_at(deadline, _expire, decided)
-            decided.add_done_callback(lambda _: expiry.cancel())
-        action = await decided  # before reading state[0]: the replies update it
+        if decided.done():
+            return state[0], decided.result()
+        timers.append(loop.call_at(deadline, _expire, decided))
+        try:
+            action = await decided  # before reading state[0]: the replies update it
+        finally:
+            for timer in timers:
+                timer.cancel()
         return state[0], action
 
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 import aiohttp
 import orjson
@@ -60,7 +61,27 @@ class PeerRefused(PeerUnavailable):
 
 
 BatchObserver = Callable[[str, int, float], None]  # (peer, messages, seconds)
-Queued = tuple[PeerRequest, Config, "asyncio.Future[PeerReply]"]
+# Told a message's reply, or why there is none; called from the sender loop as the batch's
+# answer is unpacked, so it must be quick and must not raise.
+Deliver = Callable[[PeerReply | PeerUnavailable], None]
+Queued = tuple[PeerRequest, Config, Deliver]
+
+
+def _settle(future: asyncio.Future[PeerReply], answer: PeerReply | PeerUnavailable) -> None:
+    if future.done():
+        return
+    if isinstance(answer, PeerUnavailable):
+        future.set_exception(answer)
+        future.exception()  # a caller that stopped waiting must not warn
+    else:
+        future.set_result(answer)
+
+
+def _deliver(deliver: Deliver, answer: PeerReply | PeerUnavailable) -> None:
+    try:
+        deliver(answer)
+    except Exception:  # a bug in one caller must not keep the batch's others waiting
+        log.exception("delivering a peer reply failed")
 
 
 class PeerLink:
@@ -104,13 +125,20 @@ class PeerLink:
     def call(self, msg: PeerRequest, config: Config | None = None) -> asyncio.Future[PeerReply]:
         """Queue `msg`, made under `config` (default: the current one); the future gets the
         reply, or `PeerUnavailable`."""
-        config = config or self._membership.config
         future: asyncio.Future[PeerReply] = asyncio.get_running_loop().create_future()
-        self._queue.append((msg, config, future))
+        self.send(msg, config, partial(_settle, future))
+        return future
+
+    def send(self, msg: PeerRequest, config: Config | None, deliver: Deliver) -> None:
+        """Queue `msg`, made under `config` (default: the current one); `deliver` is called
+        with the reply, or `PeerUnavailable`, as soon as the batch's answer is unpacked.
+
+        The coordinator's hot path: a future per message, its done callback and the loop
+        turn that runs it were a tenth of the home replica's work per write."""
+        self._queue.append((msg, config or self._membership.config, deliver))
         if self._senders < self._max_inflight:
             self._senders += 1
             asyncio.get_running_loop().create_task(self._send_loop())
-        return future
 
     async def _send_loop(self) -> None:
         try:
@@ -143,21 +171,14 @@ class PeerLink:
             if not isinstance(exc, PeerUnavailable):  # a bug: fail the batch, keep the link
                 log.exception("peer batch failed", extra={"peer": self.peer_id})
                 exc = PeerUnavailable(f"{type(exc).__name__}: {exc}")
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-                    future.exception()  # a caller that stopped waiting must not warn
+            for _, _, deliver in batch:
+                _deliver(deliver, exc)
             return
         if self._observe is not None:
             self._observe(self.peer_id, len(batch), time.perf_counter() - started)
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Failure):
-                future.set_exception(PeerUnavailable(reply.reason))
-                future.exception()
-            else:
-                future.set_result(reply)
+        for (_, _, deliver), reply in zip(batch, replies, strict=True):
+            _deliver(deliver, PeerUnavailable(reply.reason) if isinstance(reply, Failure)
+                     else reply)
 
     async def exchange(
         self, msgs: list[PeerRequest], config: Config | None = None,
@@ -242,10 +263,8 @@ class PeerLink:
             self._on_down()
         self.last_error = reason
         pending, self._queue = self._queue, []
-        for _, _, future in pending:  # still queued: never sent, so they did not happen there
-            if not future.done():
-                future.set_exception(PeerUnavailable(reason, sent=False))
-                future.exception()
+        for _, _, deliver in pending:  # still queued: never sent, so they did not happen there
+            _deliver(deliver, PeerUnavailable(reason, sent=False))
 
     def abandon(self, reason: str) -> None:
         """Stop waiting for this peer, which its other link found silent: queued messages fail
