@@ -495,6 +495,36 @@ async def test_writes_waiting_on_a_home_that_stops_are_released_when_it_is_notic
     assert "ok" in early, outcomes  # queued behind the stuck batch, then proposed here
 
 
+async def test_a_forwarded_write_answered_503_never_takes_effect_after_its_deadline(
+    cluster: Replicas,
+) -> None:
+    """A write forwarded to a home that froze before reading it answers 503 ("may still
+    take effect"). Once its deadline has passed it never does: the home, resumed, reads it
+    and must not run it over the newer write its client made meanwhile (found by
+    adversarial testing: the stale write overwrote the newer one seconds later)."""
+    assert home_of(cluster.urls) == "0"
+    async with Client(cluster.urls["1"], timeout=10) as client:
+        await client.put("late", b"v0")  # forwarded: opens 1's stream to the home
+        cluster.pause("0")
+        try:
+            with pytest.raises(Unavailable, match="may still take effect"):
+                await client.put("late", b"stale")
+            await asyncio.sleep(cluster.request_timeout)  # past the forward's deadline
+            await client.put("late", b"newer")  # proposed by replica 1, the home being down
+        finally:
+            cluster.resume("0")
+        values = []
+        for _ in range(20):  # the home runs what it reads at once, if it runs it
+            await asyncio.sleep(0.1)
+            got = await client.get("late")
+            values.append(None if got is None else got.value)
+    assert set(values) == {b"newer"}, values
+    expired = 'quorumkv_paxos_paths_total{path="forward_expired"} 1.0'
+    async with aiohttp.ClientSession() as http, \
+            http.get(cluster.urls["0"] + "/metrics") as resp:
+        assert expired in (await resp.text()).splitlines()  # it got there, and was dropped
+
+
 async def test_a_home_back_from_a_pause_does_not_answer_503(cluster: Replicas) -> None:
     """While a home is paused, the other replicas write its keys with higher ballots; back,
     it must not trust the promises it held from before (a one-round-trip accept that the

@@ -39,7 +39,8 @@ REQUESTS = [
     Read("k"), Read("k", B), Prepare("k/é", B), Accept("k", B, REG, Ballot(4, "1", 2)),
     Accept("k", B, Register(None, B), None), DigestQuery(), BucketQuery(255),
     Forward("k", Put(b"v", '"1.1.0"', False)), Forward("k", Put(b"v", None, True)),
-    Forward("k", Delete(None)), Forward("k", Identity()), Purge("k", B),
+    Forward("k", Delete(None)), Forward("k", Identity()), Forward("k", Identity(), 1.8e9),
+    Purge("k", B),
     FastAccept("k", B, REG, Ballot(4, "1", 2), frozenset({"0", "1", "2"})),
 ]
 REPLIES = [
@@ -72,6 +73,9 @@ def test_a_peer_that_names_no_protocol_speaks_the_first() -> None:
                    "msgs": [["a", "k", [1, "n"], [b"v", None], None]]}),
     msgpack.packb({"from": "0", "inc": "i", "config": CONFIG.to_json(),
                    "msgs": [["f", "k", ["put", "not bytes", None, False]]]}),
+    *(msgpack.packb({"from": "0", "inc": "i", "config": CONFIG.to_json(),
+                     "msgs": [["f", "k", ["id"], expires]]})
+      for expires in ("soon", True, float("nan"), float("inf"), None, [1])),
     msgpack.packb({"from": "0", "inc": "i", "config": {"epoch": "1"}, "msgs": []}),
 ])
 def test_malformed_envelopes_are_value_errors(body: bytes) -> None:

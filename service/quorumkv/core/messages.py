@@ -94,6 +94,10 @@ class Forward(NamedTuple):
 
     key: str
     change: Single  # a batch is formed at the home, never forwarded
+    # Wall-clock time (seconds since the epoch) after which the home must not start the
+    # change: the forwarder has answered its client by then. None from a forwarder whose
+    # home speaks a protocol without it.
+    expires: float | None = None
 
 
 class Forwarded(NamedTuple):

@@ -23,14 +23,11 @@ from quorumkv.core.messages import (
     DigestQuery,
     DigestReply,
     Forward,
-    Forwarded,
-    ForwardFailed,
     Purge,
     PurgeReply,
     Read,
     Unchanged,
 )
-from quorumkv.errors import QuorumUnavailable
 from quorumkv.http.auth import requires_token
 from quorumkv.http.errors import error_body
 from quorumkv.http.keys import MAX_FRAME, NODE, STREAMS
@@ -150,7 +147,9 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
     forwarded: dict[int, asyncio.Task[PeerReply]] = {}
     for message in envelope.messages:
         if isinstance(message, Forward):
-            forwarded[len(replies)] = asyncio.create_task(_run_forwarded(node, message))
+            assert node.coordinator is not None
+            forwarded[len(replies)] = asyncio.create_task(
+                node.coordinator.run_forwarded(message))
             replies.append(Failure("pending"))
         elif isinstance(message, DigestQuery):
             replies.append(DigestReply(tuple(node.local.digests.buckets)))
@@ -176,17 +175,6 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
     for index, task in forwarded.items():
         replies[index] = await task
     return 200, pack_replies(node.incarnation, replies)
-
-
-async def _run_forwarded(node: Node, message: Forward) -> PeerReply:
-    """Run a change forwarded to us as the home; never forward it again."""
-    assert node.coordinator is not None
-    try:
-        outcome, register = await node.coordinator.change(message.key, message.change,
-                                                          local_only=True)
-    except QuorumUnavailable as exc:
-        return ForwardFailed(exc.detail, exc.indeterminate)
-    return Forwarded(outcome, register)
 
 
 def _refuse(node: Node, error: str, detail: str) -> tuple[int, bytes]:

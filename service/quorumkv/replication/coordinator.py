@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -56,7 +57,7 @@ from quorumkv.replication.key_queue import KeyQueue
 from quorumkv.replication.local_acceptor import LocalAcceptor
 from quorumkv.replication.membership import Membership
 from quorumkv.replication.transport import PeerLink, PeerUnavailable
-from quorumkv.replication.wire import FAST_CREATES, PeerReply
+from quorumkv.replication.wire import FAST_CREATES, FORWARD_DEADLINES, PeerReply
 
 log = logging.getLogger("quorumkv.coordinator")
 
@@ -254,11 +255,16 @@ class Coordinator:
 
     async def _forward(self, link: PeerLink, key: str, change: Single,
                        deadline: float) -> tuple[Outcome, Register]:
+        """Have the home run `change` by `deadline` (`run_forwarded`); its answer may take
+        until FORWARD_GRACE past it to arrive."""
         self._observe("forward")
         remaining = deadline - asyncio.get_running_loop().time()
+        heartbeated = self._links.get(link.peer_id)  # knows the home's protocol sooner
+        protocol = max(link.protocol, heartbeated.protocol if heartbeated else 1)
+        expires = time.time() + remaining if protocol >= FORWARD_DEADLINES else None
         try:
             async with asyncio.timeout(remaining + FORWARD_GRACE):
-                reply = await asyncio.shield(link.call(Forward(key, change)))
+                reply = await asyncio.shield(link.call(Forward(key, change, expires)))
         except (PeerUnavailable, TimeoutError) as exc:
             if isinstance(exc, PeerUnavailable) and not exc.sent:
                 raise NotDelivered from None
@@ -270,6 +276,35 @@ class Coordinator:
             raise QuorumUnavailable(reply.detail, indeterminate=reply.indeterminate)
         raise QuorumUnavailable(f"unexpected reply from the home replica: {reply!r}",
                                 indeterminate=True)
+
+    async def run_forwarded(self, forward: Forward) -> Forwarded | ForwardFailed:
+        """Run a change forwarded to us as the home, never forwarding it again.
+
+        Not after its deadline, the client request's: the forwarder answers its client
+        `503` then at the latest, and the client may write the key again. A forward
+        arrives that late only when this replica was stopped (SIGSTOP, a VM stall) or the
+        network held it; run then, a write its client saw fail would overwrite a newer one.
+        So a forwarded write answered `503` cannot overwrite a write made after its deadline.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None
+        if forward.expires is not None:
+            remaining = forward.expires - time.time()
+            if remaining <= 0:
+                self._observe("forward_expired")
+                log.warning("a forwarded change arrived after its deadline and was not run "
+                            "(this replica was stopped, the network held it, or the "
+                            "replicas' clocks disagree)",
+                            extra={"key": forward.key, "late_seconds": round(-remaining, 3)})
+                return ForwardFailed(f"the change of {forward.key!r} reached the home replica "
+                                     "after its deadline; it was not run", False)
+            deadline = loop.time() + min(remaining, self._timeout)
+        try:
+            outcome, register = await self.change(forward.key, forward.change, deadline,
+                                                  local_only=True)
+        except QuorumUnavailable as exc:
+            return ForwardFailed(exc.detail, exc.indeterminate)
+        return Forwarded(outcome, register)
 
     def _may_answer(self, nodes: Iterable[str]) -> bool:
         """Whether any of `nodes` may still answer: this replica (its reply waits for a

@@ -12,6 +12,7 @@ same id and the HTTP status the POST would have had, so both forms answer alike.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, NamedTuple
 
@@ -49,12 +50,14 @@ from quorumkv.storage.codec import (
     voter_set,
 )
 
-PROTOCOL = 2
+PROTOCOL = 3
 """The version of this protocol, sent with every answer; a peer that does not say is 1.
 2 added fast creates (`FastAccept`, fast votes in promises), which a coordinator sends only
 when every voter speaks 2: a replica of 1 refuses a whole batch holding one (a rolling
-upgrade has both for a while)."""
+upgrade has both for a while). 3 added the deadline of a `Forward` (`expires`), sent only
+to a home that speaks 3."""
 FAST_CREATES = 2
+FORWARD_DEADLINES = 3
 
 PeerRequest = Request | SyncQuery | Forward | Purge
 PeerReply = Reply | SyncReply | Forwarded | ForwardFailed | PurgeReply | Unchanged
@@ -91,7 +94,8 @@ def encode_request(msg: PeerRequest) -> list[Any]:
     if isinstance(msg, DigestQuery):
         return ["d"]
     if isinstance(msg, Forward):
-        return ["f", msg.key, encode_change(msg.change)]
+        forward = ["f", msg.key, encode_change(msg.change)]
+        return forward if msg.expires is None else [*forward, msg.expires]
     if isinstance(msg, Purge):
         return ["g", msg.key, msg.accepted.to_wire()]
     return ["b", msg.bucket]
@@ -134,8 +138,12 @@ def decode_request(raw: Any) -> PeerRequest:
         return Accept(*vote) if kind == "a" else FastAccept(*vote, voter_set(args[4]))
     if kind == "d" and not args:
         return DigestQuery()
-    if kind == "f" and len(args) == 2:
-        return Forward(args[0], decode_change(args[1]))
+    if kind == "f" and len(args) in (2, 3):
+        expires = args[2] if len(args) == 3 else None
+        if len(args) == 3 and not (isinstance(expires, int | float)
+                                   and not isinstance(expires, bool) and math.isfinite(expires)):
+            raise ValueError(f"malformed deadline of a forward: {expires!r}")
+        return Forward(args[0], decode_change(args[1]), expires)
     if kind == "g" and len(args) == 2:
         return Purge(args[0], Ballot.from_wire(args[1]))
     if kind == "b" and len(args) == 1 and isinstance(args[0], int) and 0 <= args[0] < BUCKETS:
