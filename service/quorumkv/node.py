@@ -126,7 +126,7 @@ class Node:
         self._tasks = [asyncio.create_task(self._bootstrap(), name="bootstrap"),
                        asyncio.create_task(self._heartbeat(), name="heartbeat"),
                        asyncio.create_task(self._watch_readiness(), name="readiness"),
-                       asyncio.create_task(self.coordinator.watch_stalls(), name="stalls"),
+                       asyncio.create_task(self.coordinator.tick(), name="ticks"),
                        asyncio.create_task(self.antientropy.run(), name="anti-entropy"),
                        asyncio.create_task(collector.run(), name="tombstones")]
         log.info("replica started", extra={

@@ -134,7 +134,8 @@ class PeerLink:
         with the reply, or `PeerUnavailable`, as soon as the batch's answer is unpacked.
 
         The coordinator's hot path: a future per message, its done callback and the loop
-        turn that runs it were a tenth of the home replica's work per write."""
+        turn that runs it cost about 6 µs each here; without them a GET took 6-10% less
+        CPU and a PUT about 5% (bench/README.md, fifteenth pass)."""
         self._queue.append((msg, config or self._membership.config, deliver))
         if self._senders < self._max_inflight:
             self._senders += 1
