@@ -421,8 +421,7 @@ class Coordinator:
         state = [prop]
         voters = prop.config.voters
         outstanding = [len(voters)]
-        lingering = [False]
-        timers: list[asyncio.TimerHandle] = []  # the patience's, cancelled once decided
+        patience: list[asyncio.TimerHandle] = []  # set at the first Linger
 
         def feed(node: str, reply: Reply | None) -> None:
             outstanding[0] -= 1
@@ -434,11 +433,10 @@ class Coordinator:
                     if not self._may_answer(state[0].config.voters - state[0].ok):
                         decided.set_result(None)  # the rest are known down: don't wait
                         return
-                    if not lingering[0]:
-                        lingering[0] = True
+                    if not patience:
                         wait = READ_PATIENCE if prop.phase is proposer.Phase.READ \
                             else FAST_PATIENCE
-                        timers.append(loop.call_later(wait, _expire, decided))
+                        patience.append(loop.call_later(wait, _expire, decided))
                 elif not isinstance(action, Continue):
                     decided.set_result(action)
                     return
@@ -481,7 +479,7 @@ class Coordinator:
             action = await decided  # before reading state[0]: the replies update it
         finally:
             del self._deadlines[decided]
-            for timer in timers:
+            for timer in patience:
                 timer.cancel()
         return state[0], action
 

@@ -139,11 +139,8 @@ def decode_request(raw: Any) -> PeerRequest:
     if kind == "d" and not args:
         return DigestQuery()
     if kind == "f" and len(args) in (2, 3):
-        expires = args[2] if len(args) == 3 else None
-        if len(args) == 3 and not (isinstance(expires, int | float)
-                                   and not isinstance(expires, bool) and math.isfinite(expires)):
-            raise ValueError(f"malformed deadline of a forward: {expires!r}")
-        return Forward(args[0], decode_change(args[1]), expires)
+        return Forward(args[0], decode_change(args[1]),
+                       _deadline(args[2]) if len(args) == 3 else None)
     if kind == "g" and len(args) == 2:
         return Purge(args[0], Ballot.from_wire(args[1]))
     if kind == "b" and len(args) == 1 and isinstance(args[0], int) and 0 <= args[0] < BUCKETS:
@@ -200,6 +197,13 @@ def decode_reply(raw: Any) -> PeerReply | Failure:
     if kind == "E" and len(raw) == 2:
         return Failure(str(raw[1]))
     raise ValueError(f"unknown or malformed reply {kind!r}")
+
+
+def _deadline(raw: Any) -> float:
+    """A forward's deadline: a finite number of seconds since the epoch."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise ValueError(f"malformed deadline of a forward: {raw!r}")
+    return raw
 
 
 def pack_envelope(sender: str, incarnation: str, config: Config,
