@@ -92,25 +92,37 @@ async def _serve(settings: ServeSettings) -> int:
     runner = web.AppRunner(make_app(settings), access_log=None, handle_signals=False,
                            max_line_size=MAX_LINE, max_field_size=MAX_LINE,
                            auto_decompress=False)
-    await runner.setup()
+    loop = asyncio.get_running_loop()
+    # The address is taken before the node starts: a port in use is a setup mistake found
+    # before the data directory is made, or a new cluster bootstrapped in it.
+    fast_path: FastPath | None = None
+
+    def accept() -> asyncio.BaseProtocol:
+        assert fast_path is not None  # connections are accepted only once it is set
+        return fast_path()
+
+    try:
+        server = await loop.create_server(accept, settings.listen_host, settings.listen_port,
+                                          backlog=1024, reuse_address=True,
+                                          start_serving=False)
+    except OSError as exc:  # no traceback: the operator's to fix
+        log.error("cannot listen", extra={
+            "listen": f"{settings.listen_host}:{settings.listen_port}",
+            "error": exc.strerror or str(exc)})
+        return EXIT_LISTEN
+    try:
+        await runner.setup()
+    except BaseException:
+        server.close()
+        raise
     _tune_gc()
     assert runner.server is not None
     # key requests take the lean path; everything else, and anything unusual, aiohttp's
-    loop = asyncio.get_running_loop()
     # (aiohttp's own connection handler, with the runner's settings, but JSON error bodies)
     handlers = runner.server
     fast_path = FastPath(runner.app[NODE],
                          lambda: JsonErrorsHandler(handlers, loop=loop, **handlers._kwargs))
-    try:
-        server = await loop.create_server(fast_path, settings.listen_host,
-                                          settings.listen_port, backlog=1024,
-                                          reuse_address=True)
-    except OSError as exc:  # a port in use is a setup mistake, not a crash: no traceback
-        log.error("cannot listen", extra={
-            "listen": f"{settings.listen_host}:{settings.listen_port}",
-            "error": exc.strerror or str(exc)})
-        await runner.cleanup()
-        return EXIT_LISTEN
+    await server.start_serving()
     sweeper = asyncio.create_task(fast_path.close_idle_connections())
     log.info("serving", extra={"listen": f"{settings.listen_host}:{settings.listen_port}",
                                "data_dir": str(settings.data_dir)})

@@ -179,6 +179,7 @@ def test_a_replica_that_cannot_listen_says_why_in_one_line(tmp_path: Path) -> No
     errors = [line for line in run.stderr.splitlines() if b'"level":"error"' in line]
     assert run.returncode == 5 and b"Traceback" not in run.stderr, run.stderr
     assert len(errors) == 1 and b'"msg":"cannot listen"' in errors[0], run.stderr
+    assert not (tmp_path / "data").exists()  # found before any state was made
 
 
 def test_an_unreachable_endpoint_is_status_3_with_the_reason() -> None:
