@@ -19,7 +19,7 @@ from quorumkv.core.changes import (
 from quorumkv.core.keys import InvalidKey, decode_key
 from quorumkv.core.messages import Accept, FastAccept, Prepare, Read
 from quorumkv.core.quorum import Config
-from quorumkv.core.register import EMPTY, Register, etag_matches
+from quorumkv.core.register import EMPTY, Register, etag_listed, etag_matches
 
 B1 = Ballot(1, "a", 1)
 B2 = Ballot(2, "b", 1)
@@ -121,6 +121,16 @@ def test_etag_matching() -> None:
     assert etag_matches(f'"x", {reg.etag}', reg)
     assert not etag_matches("W/" + (reg.etag or ""), reg)
     assert not etag_matches("*", EMPTY)
+
+
+def test_if_none_match_compares_weakly() -> None:
+    etag = Register(b"v", B1).etag
+    assert etag is not None
+    assert etag_listed(f"W/{etag}", etag, weak=True)
+    assert etag_listed(f'"x" ,{etag}', etag, weak=True)
+    assert etag_listed("*", etag, weak=True) and not etag_listed("*", None, weak=True)
+    assert not etag_listed('"x", W/"y"', etag, weak=True)
+    assert not etag_listed(f"W/{etag}", etag)  # If-Match: strong
 
 
 def test_acceptor_promises_only_higher_ballots() -> None:

@@ -91,6 +91,9 @@ def test_answers_are_written_as_aiohttp_writes_them() -> None:
     no_content = encode_answer(kv.Answer(204), close=False)
     assert no_content.startswith(b"HTTP/1.1 204 No Content\r\n")
     assert b"Content-Length" not in no_content and b"Content-Type" not in no_content
+    not_modified = encode_answer(kv.Answer(304, '"1.0.1"'), close=False)
+    assert not_modified.startswith(b"HTTP/1.1 304 Not Modified\r\nETag: \"1.0.1\"\r\n")
+    assert b"Content-Length" not in not_modified and not_modified.endswith(b"\r\n\r\n")
 
 
 @contextlib.asynccontextmanager
@@ -182,12 +185,18 @@ def conversation(key: str) -> list[bytes]:
         put(key, b"v1"),  # 201
         put(key, b"v2"),  # 200
         request("GET", key),  # 200 with the value
+        request("GET", key, "If-None-Match: *"),  # 304: the client has it
+        request("GET", key, 'If-None-Match: "0.0.0"'),  # 200: another version
+        request("GET", key, 'If-Match: "0.0.0"'),  # 412
+        request("GET", key, "If-Match: *"),  # 200
         put(key, b"v3", "If-None-Match: *"),  # 412
         put(key, b"v3", 'If-Match: "0.0.0"'),  # 412
         put(key, b"v3", "If-None-Match: x"),  # 400
         request("DELETE", key, 'If-Match: "0.0.0"'),  # 412
         request("DELETE", key),  # 204
         request("DELETE", key),  # 404
+        request("GET", key, "If-Match: *"),  # 412: no value to match
+        request("GET", key, "If-None-Match: *"),  # 404
         put(key, b""),  # 201: an empty value
         request("GET", key),  # 200, empty body
         request("GET", "%zz"),  # 400: bad key
@@ -221,7 +230,8 @@ async def test_key_requests_are_answered_as_aiohttp_answers_them(cluster: Replic
         writer.close()
         answers[path] = got
     assert [status for status, _, _ in answers["fast"]] == \
-        [404, 201, 200, 200, 412, 412, 400, 412, 204, 404, 201, 200, 400, 404, 200]
+        [404, 201, 200, 200, 304, 200, 412, 200, 412, 412, 400, 412, 204, 404, 412, 404, 201,
+         200, 400, 404, 200]
     assert answers["fast"] == answers["aiohttp"]
 
 

@@ -65,6 +65,31 @@ async def test_crud_and_compare_and_set_through_different_replicas(cluster: Repl
             await client.close()
 
 
+async def test_a_conditional_get_answers_304_while_the_client_holds_the_current_version(
+        cluster: Replicas) -> None:
+    """A client that holds a value asks for it only if it changed (RFC 9110, 13.1)."""
+    a, b = cluster.urls["1"], cluster.urls["2"]
+    async with aiohttp.ClientSession() as session:
+        async def get(url: str, **headers: str) -> tuple[int, str | None, bytes]:
+            async with session.get(url + "/v1/kv/cond", headers=headers) as resp:
+                return resp.status, resp.headers.get("ETag"), await resp.read()
+
+        async with session.put(a + "/v1/kv/cond", data=b"v1") as resp:
+            assert resp.status == 201
+            first = resp.headers["ETag"]
+        assert await get(b, **{"If-None-Match": first}) == (304, first, b"")
+        assert await get(b, **{"If-None-Match": f'"other", W/{first}'}) == (304, first, b"")
+        assert await get(a, **{"If-Match": first}) == (200, first, b"v1")
+        async with session.put(a + "/v1/kv/cond", data=b"v2") as resp:
+            second = resp.headers["ETag"]
+        assert await get(b, **{"If-None-Match": first}) == (200, second, b"v2")
+        assert (await get(b, **{"If-Match": first}))[0] == 412  # it changed since
+        async with session.delete(a + "/v1/kv/cond") as resp:
+            assert resp.status == 204
+        assert (await get(b, **{"If-Match": "*"}))[0] == 412  # nothing to match
+        assert (await get(b, **{"If-None-Match": second}))[0] == 404
+
+
 async def test_creates_of_absent_keys_take_one_round_and_read_back_everywhere(
     cluster: Replicas,
 ) -> None:

@@ -265,6 +265,10 @@ async def test_a_removed_replica_passes_key_requests_on_to_a_member(tmp_path: Pa
             got = await removed.get("k")
             assert got is not None and (got.value, got.etag) == (b"v1", put.etag)
             assert await member.get("k") == got
+            async with aiohttp.ClientSession() as session, \
+                    session.get(replicas.urls["3"] + "/v1/kv/k",
+                                headers={"If-None-Match": put.etag}) as resp:
+                assert resp.status == 304  # conditions hold for relayed reads too
             with pytest.raises(PreconditionFailed):
                 await removed.delete("k", if_match='"not-it"')
             assert await removed.delete("k", if_match=put.etag)

@@ -40,11 +40,19 @@ def etag_matches(header: str, register: Register) -> bool:
 
     A weak tag (`W/"…"`) never matches: compare-and-set needs strong comparison.
     """
-    if not register.exists:
+    return etag_listed(header, register.etag if register.exists else None)
+
+
+def etag_listed(header: str, current: str | None, *, weak: bool = False) -> bool:
+    """Whether a comma-separated list of entity tags (or `*`) names `current`, the ETag of
+    the value there is (None: no value). Weak comparison (RFC 9110, 8.8.3.2) is
+    `If-None-Match`'s: `W/"x"` names `"x"` too."""
+    if current is None:
         return False
-    current = register.etag
     for candidate in header.split(","):
         candidate = candidate.strip()
+        if weak:
+            candidate = candidate.removeprefix("W/")
         if candidate == "*" or candidate == current:
             return True
     return False

@@ -34,7 +34,8 @@ async def get_key(request: web.Request) -> web.Response:
 
 
 async def _get(node: Node, request: web.Request) -> kv.Answer:
-    return await kv.get(node, kv.key_of(request.raw_path), relayed=_relayed(request))
+    return await kv.get(node, kv.key_of(request.raw_path), _header(request, "If-Match"),
+                        _header(request, "If-None-Match"), relayed=_relayed(request))
 
 
 async def _expect_value(request: web.Request) -> web.StreamResponse | None:

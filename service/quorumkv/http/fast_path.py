@@ -139,7 +139,7 @@ async def answer(node: Node, request: Request) -> kv.Answer:
 async def _operation(node: Node, request: Request) -> kv.Answer:
     key = kv.key_of(request.target)
     if request.method == b"GET":
-        return await kv.get(node, key)
+        return await kv.get(node, key, request.if_match, request.if_none_match)
     if request.method == b"PUT":
         change = kv.put_change(request.body, request.if_match, request.if_none_match)
         return await kv.put(node, key, change)
@@ -165,7 +165,7 @@ def _finish(head: list[bytes], status: int, body: bytes, content_type: str | Non
             close: bool) -> bytes:
     if content_type is not None:
         head.append(b"Content-Type: " + content_type.encode() + b"\r\n")
-    if status != 204:
+    if status not in (204, 304):  # answers that never have a body
         head.append(b"Content-Length: %d\r\n" % len(body))
     head.append(_date_header())
     head.append(_SERVER)

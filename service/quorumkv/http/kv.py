@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from quorumkv.core.changes import Delete, Outcome, Put, Single
 from quorumkv.core.keys import InvalidKey, decode_key
-from quorumkv.core.register import Register
+from quorumkv.core.register import Register, etag_listed
 from quorumkv.errors import (
     BadRequest,
     NotFound,
@@ -91,14 +91,36 @@ def record(node: Node, op: str, status: int, started: float) -> None:
     node.metrics.observe_request(op, status, time.perf_counter() - started)
 
 
-async def get(node: Node, key: str, *, relayed: bool = False) -> Answer:
-    """`relayed`: the request was passed on to us by a replica outside the membership."""
+async def get(node: Node, key: str, if_match: str | None = None,
+              if_none_match: str | None = None, *, relayed: bool = False) -> Answer:
+    """A read, conditional as RFC 9110 (13.2.2) orders it: `If-Match` first (`412` unless
+    the key exists at one of the versions, or any with `*`), then `If-None-Match` (`304`
+    if it exists at one of them, weakly compared, or at all with `*`): a client that holds
+    the value can ask for it only if it changed. `relayed`: the request was passed on to us
+    by a replica outside the membership."""
+    current = await _current(node, key, relayed)
+    etag = None if current is None else current.etag
+    if if_match is not None and not etag_listed(if_match, etag):
+        raise PreconditionFailed(f"key {key!r} is at version {etag}" if etag is not None
+                                 else f"key {key!r} does not exist")
+    if if_none_match is not None and etag_listed(if_none_match, etag, weak=True):
+        return Answer(304, etag)
+    if current is None:
+        raise NotFound(f"key {key!r} does not exist")
+    return current
+
+
+async def _current(node: Node, key: str, relayed: bool) -> Answer | None:
+    """The key's value as a `200` answer, or None if it does not exist."""
     if not relayed and relay.needed(node):
-        return await _relay(node, key, None)
+        try:
+            return await _relay(node, key, None)
+        except NotFound:
+            return None
     assert node.coordinator is not None
     register = await node.coordinator.read(key)
     if register.value is None:
-        raise NotFound(f"key {key!r} does not exist")
+        return None
     return Answer(200, register.etag or "", register.value, OCTET_STREAM)
 
 
