@@ -250,6 +250,8 @@ class Node:
         was = (False, "starting")
         while True:
             now = self.readiness
+            if not now[0] and self.coordinator is not None:
+                self.coordinator.unsettle()
             self.metrics.ready.set(1 if now[0] else 0)
             if now != was:
                 log.log(logging.INFO if now[0] else logging.WARNING, "readiness changed",
@@ -299,6 +301,7 @@ class Node:
         config = self.membership.config
         urls = config.url_map()
         synced = self.antientropy.synced_with if self.antientropy is not None else set()
+        coordinator = self.coordinator
         members = []
         for node in sorted(config.voters):
             link = self.links.get(node)
@@ -308,6 +311,8 @@ class Node:
                 "reachable": True if link is None else link.reachable,
                 "incarnation": self.membership.known_incarnation(node),
                 "synced": node == self.settings.node_id or node in synced,
+                "settled": (coordinator is not None and coordinator.settled()) if link is None
+                else link.reachable and link.settled,
             })
         ready, reason = self.readiness
         return {
@@ -316,6 +321,8 @@ class Node:
             "incarnation": self.incarnation,
             "cluster_id": config.cluster or None,
             "epoch": config.epoch,
+            "home": coordinator.acting_home() if coordinator is not None
+            and self.membership.is_voter else None,
             "members": members,
             "quorum": config.quorum_size(),
             "joining": None if config.joining is None else sorted(config.joining),

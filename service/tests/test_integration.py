@@ -29,6 +29,7 @@ from quorumkv.node import EXIT_STORAGE_FAILED, STORAGE_STALL_SECONDS, Node, repl
 from quorumkv.placement import home_of, home_order
 from quorumkv.replication import stream as stream_module
 from quorumkv.replication import wire
+from quorumkv.replication.coordinator import SETTLE
 from quorumkv.replication.stream import PeerStream, StreamBroken
 from quorumkv.replication.wire import pack_frame, unpack_frame
 from replicas import Replicas
@@ -579,6 +580,58 @@ async def test_a_home_back_from_a_pause_does_not_answer_503(cluster: Replicas) -
             assert got is not None and got.value == b"after", key
 
 
+async def test_a_home_back_from_a_pause_is_the_home_again_only_once_settled(
+        cluster: Replicas) -> None:
+    """Back from a pause, the home answers at once, but the replica that stood in for it
+    stays the home for SETTLE seconds, for every replica, the returning one included (it
+    forwards its clients' writes too); then the home takes over again."""
+    assert home_order(cluster.urls) == ["0", "1", "2"]
+    forwards = 'quorumkv_paxos_paths_total{path="forward"}'
+
+    async def proposals(node: str) -> float:
+        return sum([await metric(cluster.urls[node], f'quorumkv_paxos_paths_total{{path="{p}"}}')
+                    for p in ("fast_write", "slow_write")])
+
+    async def write_through_0_and_2(label: str) -> None:
+        async with Client(cluster.urls["0"]) as c0, Client(cluster.urls["2"]) as c2:
+            for i in range(10):
+                await c0.put(f"settle-{label}-{i}", b"v")
+                await c2.put(f"settle-{label}-{i}", b"w")
+
+    async def homes() -> list[str]:
+        views = []
+        for url in cluster.urls.values():
+            async with Client(url) as client:
+                views.append(await client.cluster())
+        assert all(m["settled"] for view in views for m in view["members"]), views
+        return [view["home"] for view in views]
+
+    await asyncio.sleep(SETTLE)  # the new cluster's replicas settle
+    assert await homes() == ["0", "0", "0"]
+    cluster.pause("0")
+    try:
+        await wait_until_unreachable(cluster.urls["2"], "0")
+        await asyncio.sleep(0.5)
+    finally:
+        cluster.resume("0")
+    resumed = time.monotonic()
+    await wait_until_reachable(cluster.urls["2"], "0")
+    forwarded, proposed = await metric(cluster.urls["0"], forwards), await proposals("1")
+    await write_through_0_and_2("back")
+    async with Client(cluster.urls["0"]) as client:
+        assert (await client.cluster())["home"] == "1"
+    assert time.monotonic() - resumed < SETTLE  # still settling: 1 proposed them all
+    assert await metric(cluster.urls["0"], forwards) - forwarded == 10
+    assert await proposals("1") - proposed >= 20
+
+    await asyncio.sleep(resumed + SETTLE + 1.0 - time.monotonic())
+    assert await homes() == ["0", "0", "0"]
+    forwarded, proposed = await metric(cluster.urls["0"], forwards), await proposals("0")
+    await write_through_0_and_2("settled")
+    assert await metric(cluster.urls["0"], forwards) - forwarded == 0
+    assert await proposals("0") - proposed >= 20
+
+
 async def test_with_the_home_dead_the_next_in_order_is_the_one_proposer(
     cluster: Replicas,
 ) -> None:
@@ -617,6 +670,17 @@ async def wait_until_unreachable(url: str, member: str, timeout: float = 5.0) ->
                 return
             await asyncio.sleep(0.05)
     raise AssertionError(f"{url} still sees {member} as reachable after {timeout}s")
+
+
+async def wait_until_reachable(url: str, member: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with Client(url) as client:
+        while time.monotonic() < deadline:
+            info = await client.cluster()
+            if any(m["reachable"] for m in info["members"] if m["id"] == member):
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} still sees {member} as unreachable after {timeout}s")
 
 
 async def test_majority_lost_answers_503_within_bound(cluster: Replicas) -> None:

@@ -56,14 +56,21 @@ def test_every_message_round_trips() -> None:
     data = wire.pack_envelope("0", "inc", CONFIG, REQUESTS)
     envelope = wire.unpack_envelope(data)
     assert envelope == wire.Envelope("0", "inc", CONFIG, REQUESTS)
-    answers = wire.unpack_replies(wire.pack_replies("inc2", REPLIES))
-    assert answers == wire.Answers("inc2", REPLIES, wire.PROTOCOL)
+    answers = wire.unpack_replies(wire.pack_replies("inc2", REPLIES, settled=False))
+    assert answers == wire.Answers("inc2", REPLIES, wire.PROTOCOL, False)
 
 
 def test_a_peer_that_names_no_protocol_speaks_the_first() -> None:
     """Replicas from before fast creates: a coordinator must not send them a FastAccept."""
     answers = wire.unpack_replies(msgpack.packb({"inc": "i", "replies": [["A"]]}))
     assert answers.protocol == 1 < wire.FAST_CREATES
+    assert answers.settled  # as every replica was, before replicas said so
+
+
+@pytest.mark.parametrize("settled", ["yes", 1, None, [True]])
+def test_settled_must_be_a_bool(settled: object) -> None:
+    with pytest.raises(ValueError):
+        wire.unpack_replies(msgpack.packb({"inc": "i", "replies": [], "settled": settled}))
 
 
 @pytest.mark.parametrize("body", [

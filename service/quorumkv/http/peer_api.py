@@ -174,7 +174,8 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
         await asyncio.gather(*(asyncio.shield(w) for w in waits))
     for index, task in forwarded.items():
         replies[index] = await task
-    return 200, pack_replies(node.incarnation, replies)
+    settled = node.coordinator is not None and node.coordinator.settled()
+    return 200, pack_replies(node.incarnation, replies, settled=settled)
 
 
 def _refuse(node: Node, error: str, detail: str) -> tuple[int, bytes]:

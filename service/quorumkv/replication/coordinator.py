@@ -67,9 +67,18 @@ HOME_FRESHNESS = 0.75  # forward only to a home that answered this recently (sec
 # The promises a home holds for its keys are only as good as its view of the cluster: while
 # it was frozen (SIGSTOP, a VM stall) or cut off, other replicas may have written its keys
 # with higher ballots. Its loop ticks every TICK; a tick later than STALL means it was
-# stopped, and until a tick has run again on time no one-round-trip accept is tried.
+# stopped, and until a tick has run again on time no one-round-trip accept is tried. STALL
+# is below the heartbeat timeout (0.4 s): a stop long enough for the peers to notice is
+# always noticed by the stopped replica itself (which then does not claim to be settled).
 TICK = 0.1
-STALL = 0.5
+STALL = 0.3
+# A replica back from a pause, a restart or a cut answers at once, but it has forgotten its
+# promises and may still be catching up; as the home at once, its first write of each key
+# would meet the writes of the replica that stood in for it, still in flight (duels:
+# indeterminate 503s). So it is not the home again until it has been ready, and not stopped,
+# for SETTLE seconds (`settled`), and every replica sees the same (each answer says whether
+# its sender is settled).
+SETTLE = 3.0
 FORWARD_GRACE = 1.0  # seconds a forwarder waits beyond its deadline for the home's answer
 # How long a read whose first quorum of replies do not agree (a write in flight, a fresh
 # create's fast vote) waits for the replies still out (asked at the same time; they usually
@@ -125,6 +134,7 @@ class Coordinator:
         # key -> (ballot promised with our last accept, the register it chose, its epoch)
         self._promised: OrderedDict[str, tuple[Ballot, Register, int]] = OrderedDict()
         self._ticked = 0.0  # loop time of the last `tick`
+        self._unsettled_until = time.monotonic() + SETTLE
         self._deadlines: dict[Decided, float] = {}  # broadcasts under way -> their deadline
 
     def _check_initialized(self) -> None:
@@ -177,7 +187,7 @@ class Coordinator:
         if deadline is None:
             deadline = loop.time() + self._timeout
         if not local_only:
-            home = self._acting_home()
+            home = self.acting_home()
             link = self._forward_links.get(home)
             if home != self._node and link is not None:
                 try:
@@ -247,15 +257,31 @@ class Coordinator:
     def home(self) -> str:
         return home_of(self._membership.config.voters)
 
-    def _acting_home(self) -> str:
-        """The first voter in the home order that is this replica or answered recently."""
+    def acting_home(self) -> str:
+        """The first voter in the home order that answers and is settled (SETTLE); if none
+        is, the first that answers: this replica, or a peer that answered recently."""
+        first = None
         for node in home_order(self._membership.config.voters):
             if node == self._node:
-                return node
+                if self.settled():
+                    return node
+                first = first or node
+                continue
             link = self._links.get(node)
             if link is not None and link.answered_within(HOME_FRESHNESS):
-                return node
-        return self._node
+                if link.settled:
+                    return node
+                first = first or node
+        return first or self._node
+
+    def settled(self) -> bool:
+        """Whether this replica may be the home: ready and running for SETTLE seconds."""
+        return time.monotonic() >= self._unsettled_until
+
+    def unsettle(self) -> None:
+        """Not ready now (`Node`), or just stopped (`tick`): not the home until SETTLE from
+        now."""
+        self._unsettled_until = time.monotonic() + SETTLE
 
     async def _forward(self, link: PeerLink, key: str, change: Single,
                        deadline: float) -> tuple[Outcome, Register]:
@@ -387,6 +413,7 @@ class Coordinator:
                             extra={"stopped_seconds": round(now - self._ticked - TICK, 3),
                                    "promises": len(self._promised)})
                 self.forget_promises()
+                self.unsettle()
             self._ticked = now
             for decided in [d for d, deadline in self._deadlines.items() if deadline <= now]:
                 _expire(decided)

@@ -118,6 +118,7 @@ class PeerLink:
         self.last_error = "not contacted yet"
         self.protocol = 1  # the peer protocol version of its last answer (wire.PROTOCOL)
         self.incarnation: str | None = None  # the peer's, as of its last answer
+        self.settled = False  # whether it may be the home, as of its last answer
         # False while the peer refuses our batches for a configuration we cannot take (one
         # that conflicts with ours, or another cluster's): it answers, but not as our voter
         self.agrees = True
@@ -205,7 +206,7 @@ class PeerLink:
                 raise self._refused(data)
             if status != 200:
                 raise PeerUnavailable(f"{self.peer_id} answered {status}: {bytes(data[:200])!r}")
-            incarnation, replies, protocol = unpack_replies(data)
+            incarnation, replies, protocol, settled = unpack_replies(data)
         except PeerRefused:
             raise
         except PeerUnavailable as exc:
@@ -232,6 +233,7 @@ class PeerLink:
         self.reachable = True
         self.agrees = True
         self.protocol = protocol
+        self.settled = settled
         self.incarnation = incarnation
         self.last_answer = time.monotonic()
         return replies

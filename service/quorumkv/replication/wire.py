@@ -50,12 +50,14 @@ from quorumkv.storage.codec import (
     voter_set,
 )
 
-PROTOCOL = 3
+PROTOCOL = 4
 """The version of this protocol, sent with every answer; a peer that does not say is 1.
 2 added fast creates (`FastAccept`, fast votes in promises), which a coordinator sends only
 when every voter speaks 2: a replica of 1 refuses a whole batch holding one (a rolling
 upgrade has both for a while). 3 added the deadline of a `Forward` (`expires`), sent only
-to a home that speaks 3."""
+to a home that speaks 3. 4 added `settled` to every answer (the answering replica may be
+the home: `Coordinator.settled`); a peer that does not say is taken as settled, as every
+replica was before."""
 FAST_CREATES = 2
 FORWARD_DEADLINES = 3
 
@@ -74,6 +76,7 @@ class Answers(NamedTuple):
     incarnation: str
     replies: list[PeerReply | Failure]
     protocol: int
+    settled: bool
 
 
 class Failure(NamedTuple):
@@ -243,8 +246,10 @@ def _config(raw: Any) -> Config:
     return config
 
 
-def pack_replies(incarnation: str, replies: list[PeerReply | Failure]) -> bytes:
-    body = {"inc": incarnation, "proto": PROTOCOL, "replies": [encode_reply(r) for r in replies]}
+def pack_replies(incarnation: str, replies: list[PeerReply | Failure], *,
+                 settled: bool) -> bytes:
+    body = {"inc": incarnation, "proto": PROTOCOL, "settled": settled,
+            "replies": [encode_reply(r) for r in replies]}
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
 
@@ -260,8 +265,12 @@ def unpack_replies(data: bytes) -> Answers:
     protocol = body.get("proto", 1)
     if not isinstance(protocol, int):
         raise ValueError("the protocol version must be an integer")
+    settled = body.get("settled", True)
+    if not isinstance(settled, bool):
+        raise ValueError("settled must be true or false")
     try:
-        return Answers(body["inc"], [decode_reply(r) for r in body["replies"]], protocol)
+        return Answers(body["inc"], [decode_reply(r) for r in body["replies"]], protocol,
+                       settled)
     except (TypeError, KeyError, IndexError, AttributeError) as exc:  # wrong shapes
         raise ValueError(f"malformed replies: {exc!r}") from None
 
