@@ -48,6 +48,7 @@ BUCKET = 0.1  # seconds per timeline bucket
 Record = tuple[float, float, str]
 RECOVERED_SHARE = 0.8  # of the rate before the fault
 RECOVERED_BUCKETS = 5  # in a row
+RESUME_WINDOW = 3.0  # seconds after a paused member resumes
 
 
 class Load:
@@ -107,9 +108,12 @@ class Load:
             conn.close()
 
 
-def analyse(records: list[Record], fault_at: float, start: float,
-            end: float) -> dict[str, Any]:
-    """The figures of one run; times relative to the fault, in seconds."""
+def analyse(records: list[Record], fault_at: float, start: float, end: float,
+            resumed_at: float | None = None) -> dict[str, Any]:
+    """The figures of one run; times relative to the fault, in seconds. After a pause
+    (`resumed_at`), also what the member's return cost: the requests made after it that
+    failed, and the write rate over the RESUME_WINDOW after it, as a share of the rate
+    before the fault."""
     done = [e - fault_at for _, e, outcome in records if outcome == "ok"]
     before = [t for t in done if start - fault_at + 1 <= t < 0]  # the first second: warm-up
     rate_before = len(before) / max(1e-9, fault_at - start - 1)
@@ -128,10 +132,20 @@ def analyse(records: list[Record], fault_at: float, start: float,
     failed = Counter(outcome for _, e, outcome in records if outcome != "ok" and e >= fault_at)
     slowest = max((e - s for s, e, outcome in records if outcome == "ok" and e >= fault_at),
                   default=0.0)
-    timeline = [0] * 20 + buckets[:60]  # 2 s before to 6 s after, per 100 ms
+    timeline = [0] * 20 + buckets  # 2 s before to the end, per 100 ms
     for t in done:
         if -2 <= t < 0:
             timeline[int((t + 2) / BUCKET)] += 1
+    resume: dict[str, Any] = {}
+    if resumed_at is not None:
+        window = [t for t in after if 0 <= t + fault_at - resumed_at < RESUME_WINDOW]
+        resume = {
+            "resumed_after_s": round(resumed_at - fault_at, 3),
+            "failed_after_resume": sum(1 for s, _, outcome in records
+                                       if outcome != "ok" and s >= resumed_at),
+            "rate_after_resume_share": round(
+                len(window) / RESUME_WINDOW / max(1e-9, rate_before), 2),
+        }
     return {
         "rate_before": round(rate_before),
         "no_write_window_s": round(max(gaps, default=0.0), 3),
@@ -141,6 +155,7 @@ def analyse(records: list[Record], fault_at: float, start: float,
         "slowest_ok_s": round(slowest, 3),
         "ok_after": len(after),
         "timeline_per_100ms": timeline,
+        **resume,
     }
 
 
@@ -161,9 +176,11 @@ def run_once(make: Any, fault: str, opts: argparse.Namespace) -> dict[str, Any]:
         time.sleep(opts.before)
         fault_at = time.monotonic()
         os.kill(pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+        resumed_at = None
         if fault == "pause":
             time.sleep(opts.pause_for)
             os.kill(pid, signal.SIGCONT)
+            resumed_at = time.monotonic()
             time.sleep(max(0.0, opts.after - opts.pause_for))
         else:
             time.sleep(opts.after)
@@ -175,11 +192,14 @@ def run_once(make: Any, fault: str, opts: argparse.Namespace) -> dict[str, Any]:
                 os.kill(p.pid, signal.SIGCONT)
         cluster.stop()
     result = {"system": cluster.name, "fault": fault, "member": who,
-              **analyse(records, fault_at, start, end)}
+              **analyse(records, fault_at, start, end, resumed_at)}
+    resume = "" if resumed_at is None else (
+        f"  after resume: {result['failed_after_resume']} failed, "
+        f"{result['rate_after_resume_share']:.2f} of the rate for {RESUME_WINDOW:g} s")
     log(f"{cluster.name:8s} {fault:5s} {who:24s} before {result['rate_before']:5d}/s  "
         f"no-write window {result['no_write_window_s']:6.3f} s  recovered after "
         f"{result['recovered_after_s']} s  failed {result['failed_requests']:4d}  "
-        f"slowest ok {result['slowest_ok_s']:.3f} s  {result['failed_by_kind']}")
+        f"slowest ok {result['slowest_ok_s']:.3f} s  {result['failed_by_kind']}{resume}")
     return result
 
 
@@ -199,21 +219,29 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"replica 0 after {o['before']} s; a pause lasts {o['pause_for']} s. "
         f"Median of {o['rounds']} rounds.", "",
         "| system | fault | writes/s before | no-write window s | recovered after s "
-        "| failed requests | slowest ok write s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| failed requests | slowest ok write s | failed after resume "
+        f"| write rate {RESUME_WINDOW:g} s after resume |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (system, fault), runs in result["summary"].items():
         rec = median_of(runs, "recovered_after_s")
+        resume = "| – | – |" if fault != "pause" else (
+            f"| {median_of(runs, 'failed_after_resume'):.0f} "
+            f"| {median_of(runs, 'rate_after_resume_share')} of before |")
         lines.append(
             f"| {system} | {fault} | {median_of(runs, 'rate_before'):.0f} "
             f"| {median_of(runs, 'no_write_window_s')} "
             f"| {'not within the run' if rec is None else rec} "
-            f"| {median_of(runs, 'failed_requests'):.0f} | {median_of(runs, 'slowest_ok_s')} |")
+            f"| {median_of(runs, 'failed_requests'):.0f} | {median_of(runs, 'slowest_ok_s')} "
+            + resume)
     lines += ["", "No-write window: the longest time after the fault in which no write completed "
               "anywhere. Recovered after: until the write rate is back to 80% of the rate "
-              "before the fault for 0.5 s.", "", "## Every run", "",
-              "Timeline: successful writes per 100 ms, from 2 s before the fault (|) to 6 s "
-              "after.", ""]
+              "before the fault for 0.5 s. After resume (pauses): the requests made after the "
+              "paused member resumed that failed, and the write rate over the "
+              f"{RESUME_WINDOW:g} s after it, as a share of the rate before the fault.", "",
+              "## Every run", "",
+              "Timeline: successful writes per 100 ms, from 2 s before the fault (|) to "
+              f"{o['after']:g} s after.", ""]
     for r in result["runs"]:
         t = r["timeline_per_100ms"]
         cells = " ".join(str(x) for x in t[:20]) + " | " + " ".join(str(x) for x in t[20:])
@@ -286,7 +314,10 @@ def main() -> int:
               f"{median_of(group, 'no_write_window_s')} s, recovered after "
               f"{median_of(group, 'recovered_after_s')} s, failed "
               f"{median_of(group, 'failed_requests')}, slowest ok "
-              f"{median_of(group, 'slowest_ok_s')} s")
+              f"{median_of(group, 'slowest_ok_s')} s" + (
+                  f"; after resume: failed {median_of(group, 'failed_after_resume')}, "
+                  f"{median_of(group, 'rate_after_resume_share')} of the rate"
+                  if fault == "pause" else ""))
     if not opts.no_write:
         result = {"started": started.isoformat(timespec="seconds"), "git": git("rev-parse", "HEAD"),
                   "options": {k: v for k, v in vars(opts).items() if not k.endswith("_list")},

@@ -250,8 +250,8 @@ class Node:
         was = (False, "starting")
         while True:
             now = self.readiness
-            if not now[0] and self.coordinator is not None:
-                self.coordinator.unsettle()
+            if self.coordinator is not None:
+                self.coordinator.note_readiness(now[0])
             self.metrics.ready.set(1 if now[0] else 0)
             if now != was:
                 log.log(logging.INFO if now[0] else logging.WARNING, "readiness changed",

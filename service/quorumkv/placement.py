@@ -6,7 +6,8 @@ promise of its last accept of a key saves the next prepare, and it batches the c
 all keys into one accept message per peer and one commit. Replicas forward the changes they
 receive to it; a client that knows the members can send its writes there itself and save
 the cluster that hop (`quorumkv.client.Client(route_writes=True)`). While the home does not
-answer, the next voter in `home_order` that does takes its place. Any replica can still
+answer, or is not settled yet (back from a pause or a restart: `Coordinator.acting_home`),
+the next voter in `home_order` that does takes its place. Any replica can still
 propose any change (Paxos needs no leader for safety); the home is a preference, not an
 election, so there is no lease and no term to wait out.
 

@@ -134,7 +134,12 @@ class Coordinator:
         # key -> (ballot promised with our last accept, the register it chose, its epoch)
         self._promised: OrderedDict[str, tuple[Ballot, Register, int]] = OrderedDict()
         self._ticked = 0.0  # loop time of the last `tick`
-        self._unsettled_until = time.monotonic() + SETTLE
+        # settled: ready, and SETTLE since it was last stopped or not ready (`settled`)
+        self._ready = False
+        self._unsettled_until = 0.0
+        # the first start of its data, never stopped or unready since it was ready: settled
+        # (so a new cluster's home is 0 from the start, whichever replica is ready first)
+        self._fresh = boot == 1
         self._deadlines: dict[Decided, float] = {}  # broadcasts under way -> their deadline
 
     def _check_initialized(self) -> None:
@@ -275,12 +280,21 @@ class Coordinator:
         return first or self._node
 
     def settled(self) -> bool:
-        """Whether this replica may be the home: ready and running for SETTLE seconds."""
-        return time.monotonic() >= self._unsettled_until
+        """Whether this replica may be the home: ready, and neither stopped nor unready in
+        the last SETTLE seconds; or on the first start of its data, never stopped, and not
+        unready since it was ready (a new cluster: nobody has anything to catch up)."""
+        return self._fresh or (self._ready and time.monotonic() >= self._unsettled_until)
 
-    def unsettle(self) -> None:
-        """Not ready now (`Node`), or just stopped (`tick`): not the home until SETTLE from
-        now."""
+    def note_readiness(self, ready: bool) -> None:
+        """The node's readiness, told every heartbeat interval."""
+        if not ready:
+            self._fresh = self._fresh and not self._ready  # it was ready: back from a cut
+            self._unsettled_until = time.monotonic() + SETTLE
+        self._ready = ready
+
+    def _unsettle(self) -> None:
+        """Just stopped (`tick`): not the home until SETTLE from now."""
+        self._fresh = False
         self._unsettled_until = time.monotonic() + SETTLE
 
     async def _forward(self, link: PeerLink, key: str, change: Single,
@@ -413,7 +427,7 @@ class Coordinator:
                             extra={"stopped_seconds": round(now - self._ticked - TICK, 3),
                                    "promises": len(self._promised)})
                 self.forget_promises()
-                self.unsettle()
+                self._unsettle()
             self._ticked = now
             for decided in [d for d, deadline in self._deadlines.items() if deadline <= now]:
                 _expire(decided)
