@@ -15,6 +15,8 @@ Reported per run, from every request's start and end time:
 - recovered after: from the fault until the successful-write rate is back to at least 80% of
   its rate before the fault (in 100 ms buckets, for 5 buckets in a row);
 - failed requests (errors and client timeouts) and the slowest successful write after the fault;
+- after a pause: the requests made after the member resumed that failed, and the write rate
+  over the 3 s after it, as a share of the rate before the fault (what its return costs);
 - the rate before the fault, and a timeline of successful writes per 100 ms around it.
 
 Standard library only (it reuses run.py's cluster classes):
