@@ -230,6 +230,13 @@ class Coordinator:
                 self._remember(key, action, prop.config.epoch)
                 return action.outcome, action.register
             self._promised.pop(key, None)
+            if prop.rejected:
+                # A voter holds a higher ballot: another replica proposed while it could not
+                # reach us (a one-way cut we did not notice), so the promises we hold for
+                # other keys are suspect too. Forgetting them costs a prepare each; keeping
+                # them, an indeterminate 503 each (found by adversarial testing: 10-55 503s
+                # in the 3 s after such a cut healed).
+                self.forget_promises()
             # Nothing accepted yet, and a voter refused our ballot while the others failed
             # (e.g. a replica that restarted and raised its floor, while another is down):
             # a ballot above the refusal may win them over; as is, every attempt would fail.
