@@ -636,6 +636,33 @@ async def test_a_home_back_from_a_pause_is_the_home_again_only_once_settled(
     assert await proposals("0") - proposed >= 20
 
 
+async def test_after_every_replica_restarted_the_home_stays_0(cluster: Replicas) -> None:
+    """After a restart of every replica, nobody has settled when 0 answers again: the others
+    wait for it to settle rather than take the home from it for a moment and hand it back
+    (found by adversarial testing: 2-3 hand-overs after a full restart)."""
+    for node in ("0", "1", "2"):
+        cluster.kill(node)
+    cluster.start("1")
+    cluster.start("2")
+    await asyncio.to_thread(cluster.wait_ready, ["1", "2"])
+    cluster.start("0")  # answers within SETTLE, but is ready after 1 and 2: they settle first
+    await asyncio.to_thread(cluster.wait_ready, ["0"])
+    seen: set[str] = set()
+    settled = False
+    deadline = time.monotonic() + SETTLE + 5
+    while not settled:
+        views = []
+        for url in cluster.urls.values():
+            async with Client(url) as client:
+                views.append(await client.cluster())
+        if all(m["reachable"] for view in views for m in view["members"]):  # all see 0 back
+            seen |= {view["home"] for view in views}
+        settled = all(m["settled"] for view in views for m in view["members"])
+        assert time.monotonic() < deadline, views
+        await asyncio.sleep(0.1)
+    assert seen == {"0"}
+
+
 async def test_a_home_whose_promise_was_overtaken_unnoticed_forgets_the_others(
         cluster: Replicas) -> None:
     """A replica that cannot reach the home while the home reaches it (a one-way cut)

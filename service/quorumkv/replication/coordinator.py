@@ -134,12 +134,12 @@ class Coordinator:
         # key -> (ballot promised with our last accept, the register it chose, its epoch)
         self._promised: OrderedDict[str, tuple[Ballot, Register, int]] = OrderedDict()
         self._ticked = 0.0  # loop time of the last `tick`
-        # settled: ready, and SETTLE since it was last stopped or not ready (`settled`)
+        # Whether it may be the home (`settled`). The first start of its data counts as
+        # settled until it is stopped or loses readiness: a new cluster's replicas have
+        # nothing to catch up, and its home is 0 from the start, whichever is ready first.
+        self._settled = boot == 1
         self._ready = False
-        self._unsettled_until = 0.0
-        # the first start of its data, never stopped or unready since it was ready: settled
-        # (so a new cluster's home is 0 from the start, whichever replica is ready first)
-        self._fresh = boot == 1
+        self._settle_at = time.monotonic() + SETTLE  # once ready, settled from then on
         self._deadlines: dict[Decided, float] = {}  # broadcasts under way -> their deadline
 
     def _check_initialized(self) -> None:
@@ -287,22 +287,38 @@ class Coordinator:
         return first or self._node
 
     def settled(self) -> bool:
-        """Whether this replica may be the home: ready, and neither stopped nor unready in
-        the last SETTLE seconds; or on the first start of its data, never stopped, and not
-        unready since it was ready (a new cluster: nobody has anything to catch up)."""
-        return self._fresh or (self._ready and time.monotonic() >= self._unsettled_until)
+        """Whether this replica may be the home: it has been ready, and not stopped, for
+        SETTLE seconds (see `__init__` for a first start)."""
+        return self._settled
 
     def note_readiness(self, ready: bool) -> None:
-        """The node's readiness, told every heartbeat interval."""
+        """The node's readiness, told every heartbeat interval: settle, or unsettle."""
+        now = time.monotonic()
         if not ready:
-            self._fresh = self._fresh and not self._ready  # it was ready: back from a cut
-            self._unsettled_until = time.monotonic() + SETTLE
+            if self._ready or not self._settled:  # lost readiness, or still catching up
+                self._unsettle()
+        elif not self._settled and now >= self._settle_at and not self._defers():
+            self._settled = True
         self._ready = ready
 
     def _unsettle(self) -> None:
-        """Just stopped (`tick`): not the home until SETTLE from now."""
-        self._fresh = False
-        self._unsettled_until = time.monotonic() + SETTLE
+        """Stopped (`tick`) or not ready: not the home until SETTLE after it is ready."""
+        self._settled = False
+        self._settle_at = time.monotonic() + SETTLE
+
+    def _defers(self) -> bool:
+        """Whether a voter before this one in the home order answers but has not settled
+        yet. Then no one had settled when it came back (every replica restarted): settling
+        first would take the home from it only to hand it back once it settles (found by
+        adversarial testing: 2-3 hand-overs after a full restart), so wait for it. A
+        replica settled already stays so when such a voter comes back: it is the stand-in."""
+        for node in home_order(self._membership.config.voters):
+            if node == self._node:
+                return False
+            link = self._links.get(node)
+            if link is not None and link.answered_within(HOME_FRESHNESS) and not link.settled:
+                return True
+        return False
 
     async def _forward(self, link: PeerLink, key: str, change: Single,
                        deadline: float) -> tuple[Outcome, Register]:
