@@ -56,21 +56,22 @@ def test_every_message_round_trips() -> None:
     data = wire.pack_envelope("0", "inc", CONFIG, REQUESTS)
     envelope = wire.unpack_envelope(data)
     assert envelope == wire.Envelope("0", "inc", CONFIG, REQUESTS)
-    answers = wire.unpack_replies(wire.pack_replies("inc2", REPLIES, settled=False))
-    assert answers == wire.Answers("inc2", REPLIES, wire.PROTOCOL, False)
+    answers = wire.unpack_replies(wire.pack_replies("inc2", REPLIES, settled=False, ready=True))
+    assert answers == wire.Answers("inc2", REPLIES, wire.PROTOCOL, False, True)
 
 
 def test_a_peer_that_names_no_protocol_speaks_the_first() -> None:
     """Replicas from before fast creates: a coordinator must not send them a FastAccept."""
     answers = wire.unpack_replies(msgpack.packb({"inc": "i", "replies": [["A"]]}))
     assert answers.protocol == 1 < wire.FAST_CREATES
-    assert answers.settled  # as every replica was, before replicas said so
+    assert answers.settled and answers.ready  # as every replica was, before they said so
 
 
-@pytest.mark.parametrize("settled", ["yes", 1, None, [True]])
-def test_settled_must_be_a_bool(settled: object) -> None:
+@pytest.mark.parametrize("field", ["settled", "ready"])
+@pytest.mark.parametrize("value", ["yes", 1, None, [True]])
+def test_settled_and_ready_must_be_bools(field: str, value: object) -> None:
     with pytest.raises(ValueError):
-        wire.unpack_replies(msgpack.packb({"inc": "i", "replies": [], "settled": settled}))
+        wire.unpack_replies(msgpack.packb({"inc": "i", "replies": [], field: value}))
 
 
 @pytest.mark.parametrize("body", [

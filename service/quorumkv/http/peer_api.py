@@ -174,8 +174,10 @@ async def answer_batch(node: Node, data: bytes) -> tuple[int, bytes]:
         await asyncio.gather(*(asyncio.shield(w) for w in waits))
     for index, task in forwarded.items():
         replies[index] = await task
-    settled = node.coordinator is not None and node.coordinator.settled()
-    return 200, pack_replies(node.incarnation, replies, settled=settled)
+    coordinator = node.coordinator
+    return 200, pack_replies(node.incarnation, replies,
+                             settled=coordinator is not None and coordinator.settled(),
+                             ready=coordinator is not None and coordinator.ready)
 
 
 def _refuse(node: Node, error: str, detail: str) -> tuple[int, bytes]:

@@ -138,7 +138,7 @@ class Coordinator:
         # settled until it is stopped or loses readiness: a new cluster's replicas have
         # nothing to catch up, and its home is 0 from the start, whichever is ready first.
         self._settled = boot == 1
-        self._ready = False
+        self.ready = False  # the node's readiness, as of its last `note_readiness`
         self._settle_at = time.monotonic() + SETTLE  # once ready, settled from then on
         self._deadlines: dict[Decided, float] = {}  # broadcasts under way -> their deadline
 
@@ -295,11 +295,11 @@ class Coordinator:
         """The node's readiness, told every heartbeat interval: settle, or unsettle."""
         now = time.monotonic()
         if not ready:
-            if self._ready or not self._settled:  # lost readiness, or still catching up
+            if self.ready or not self._settled:  # lost readiness, or still catching up
                 self._unsettle()
         elif not self._settled and now >= self._settle_at and not self._defers():
             self._settled = True
-        self._ready = ready
+        self.ready = ready
 
     def _unsettle(self) -> None:
         """Stopped (`tick`) or not ready: not the home until SETTLE after it is ready."""
@@ -307,16 +307,19 @@ class Coordinator:
         self._settle_at = time.monotonic() + SETTLE
 
     def _defers(self) -> bool:
-        """Whether a voter before this one in the home order answers but has not settled
+        """Whether a voter before this one in the home order is ready but has not settled
         yet. Then no one had settled when it came back (every replica restarted): settling
         first would take the home from it only to hand it back once it settles (found by
-        adversarial testing: 2-3 hand-overs after a full restart), so wait for it. A
-        replica settled already stays so when such a voter comes back: it is the stand-in."""
+        adversarial testing: 2-3 hand-overs after a full restart), so wait for it. Not for
+        one that is not ready: it may never be (one that cannot reach a quorum still
+        answers; found by the same testing: nobody settled, and writes stopped). A replica
+        settled already stays so when such a voter comes back: it is the stand-in."""
         for node in home_order(self._membership.config.voters):
             if node == self._node:
                 return False
             link = self._links.get(node)
-            if link is not None and link.answered_within(HOME_FRESHNESS) and not link.settled:
+            if link is not None and link.answered_within(HOME_FRESHNESS) and link.ready \
+                    and not link.settled:
                 return True
         return False
 

@@ -119,6 +119,7 @@ class PeerLink:
         self.protocol = 1  # the peer protocol version of its last answer (wire.PROTOCOL)
         self.incarnation: str | None = None  # the peer's, as of its last answer
         self.settled = False  # whether it may be the home, as of its last answer
+        self.ready = False  # whether it is ready (/readyz), as of its last answer
         # False while the peer refuses our batches for a configuration we cannot take (one
         # that conflicts with ours, or another cluster's): it answers, but not as our voter
         self.agrees = True
@@ -206,7 +207,7 @@ class PeerLink:
                 raise self._refused(data)
             if status != 200:
                 raise PeerUnavailable(f"{self.peer_id} answered {status}: {bytes(data[:200])!r}")
-            incarnation, replies, protocol, settled = unpack_replies(data)
+            incarnation, replies, protocol, settled, ready = unpack_replies(data)
         except PeerRefused:
             raise
         except PeerUnavailable as exc:
@@ -234,6 +235,7 @@ class PeerLink:
         self.agrees = True
         self.protocol = protocol
         self.settled = settled
+        self.ready = ready
         self.incarnation = incarnation
         self.last_answer = time.monotonic()
         return replies

@@ -55,9 +55,9 @@ PROTOCOL = 4
 2 added fast creates (`FastAccept`, fast votes in promises), which a coordinator sends only
 when every voter speaks 2: a replica of 1 refuses a whole batch holding one (a rolling
 upgrade has both for a while). 3 added the deadline of a `Forward` (`expires`), sent only
-to a home that speaks 3. 4 added `settled` to every answer (the answering replica may be
-the home: `Coordinator.settled`); a peer that does not say is taken as settled, as every
-replica was before."""
+to a home that speaks 3. 4 added `settled` and `ready` to every answer (whether the
+answering replica may be the home, and whether it is ready: `Coordinator.settled`); a peer
+that does not say is taken as settled and ready, as every replica was before."""
 FAST_CREATES = 2
 FORWARD_DEADLINES = 3
 
@@ -77,6 +77,7 @@ class Answers(NamedTuple):
     replies: list[PeerReply | Failure]
     protocol: int
     settled: bool
+    ready: bool
 
 
 class Failure(NamedTuple):
@@ -247,8 +248,8 @@ def _config(raw: Any) -> Config:
 
 
 def pack_replies(incarnation: str, replies: list[PeerReply | Failure], *,
-                 settled: bool) -> bytes:
-    body = {"inc": incarnation, "proto": PROTOCOL, "settled": settled,
+                 settled: bool, ready: bool) -> bytes:
+    body = {"inc": incarnation, "proto": PROTOCOL, "settled": settled, "ready": ready,
             "replies": [encode_reply(r) for r in replies]}
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
@@ -265,12 +266,12 @@ def unpack_replies(data: bytes) -> Answers:
     protocol = body.get("proto", 1)
     if not isinstance(protocol, int):
         raise ValueError("the protocol version must be an integer")
-    settled = body.get("settled", True)
-    if not isinstance(settled, bool):
-        raise ValueError("settled must be true or false")
+    settled, ready = body.get("settled", True), body.get("ready", True)
+    if not isinstance(settled, bool) or not isinstance(ready, bool):
+        raise ValueError("settled and ready must be true or false")
     try:
         return Answers(body["inc"], [decode_reply(r) for r in body["replies"]], protocol,
-                       settled)
+                       settled, ready)
     except (TypeError, KeyError, IndexError, AttributeError) as exc:  # wrong shapes
         raise ValueError(f"malformed replies: {exc!r}") from None
 
