@@ -728,25 +728,24 @@ async def test_with_the_home_dead_the_next_in_order_is_the_one_proposer(
 
 
 async def wait_until_unreachable(url: str, member: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with Client(url) as client:
-        while time.monotonic() < deadline:
-            info = await client.cluster()
-            if not any(m["reachable"] for m in info["members"] if m["id"] == member):
-                return
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} still sees {member} as reachable after {timeout}s")
+    await wait_until_seen(url, member, reachable=False, timeout=timeout)
 
 
 async def wait_until_reachable(url: str, member: str, timeout: float = 5.0) -> None:
+    await wait_until_seen(url, member, reachable=True, timeout=timeout)
+
+
+async def wait_until_seen(url: str, member: str, *, reachable: bool, timeout: float) -> None:
+    """Until the replica at `url` sees `member` as reachable, or as unreachable."""
     deadline = time.monotonic() + timeout
     async with Client(url) as client:
         while time.monotonic() < deadline:
             info = await client.cluster()
-            if any(m["reachable"] for m in info["members"] if m["id"] == member):
+            if any(m["reachable"] for m in info["members"] if m["id"] == member) == reachable:
                 return
             await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} still sees {member} as unreachable after {timeout}s")
+    raise AssertionError(f"{url} does not see {member} as "
+                         f"{'reachable' if reachable else 'unreachable'} after {timeout}s")
 
 
 async def test_majority_lost_answers_503_within_bound(cluster: Replicas) -> None:

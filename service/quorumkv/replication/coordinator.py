@@ -274,17 +274,23 @@ class Coordinator:
         is, the first that answers: this replica, or a peer that answered recently."""
         first = None
         for node in home_order(self._membership.config.voters):
-            if node == self._node:
-                if self.settled():
-                    return node
-                first = first or node
+            standing = self._standing(node)
+            if standing is None:
                 continue
-            link = self._links.get(node)
-            if link is not None and link.answered_within(HOME_FRESHNESS):
-                if link.settled:
-                    return node
-                first = first or node
+            if standing[0]:
+                return node
+            first = first or node
         return first or self._node
+
+    def _standing(self, node: str) -> tuple[bool, bool] | None:
+        """Whether voter `node` is settled and whether it is ready: this replica's own, or
+        a peer's as of its last answer; None for a peer that has not answered recently."""
+        if node == self._node:
+            return self._settled, self.ready
+        link = self._links.get(node)
+        if link is None or not link.answered_within(HOME_FRESHNESS):
+            return None
+        return link.settled, link.ready
 
     def settled(self) -> bool:
         """Whether this replica may be the home: it has been ready, and not stopped, for
@@ -293,11 +299,10 @@ class Coordinator:
 
     def note_readiness(self, ready: bool) -> None:
         """The node's readiness, told every heartbeat interval: settle, or unsettle."""
-        now = time.monotonic()
         if not ready:
             if self.ready or not self._settled:  # lost readiness, or still catching up
                 self._unsettle()
-        elif not self._settled and now >= self._settle_at and not self._defers():
+        elif not self._settled and time.monotonic() >= self._settle_at and not self._defers():
             self._settled = True
         self.ready = ready
 
@@ -317,9 +322,7 @@ class Coordinator:
         for node in home_order(self._membership.config.voters):
             if node == self._node:
                 return False
-            link = self._links.get(node)
-            if link is not None and link.answered_within(HOME_FRESHNESS) and link.ready \
-                    and not link.settled:
+            if self._standing(node) == (False, True):
                 return True
         return False
 
