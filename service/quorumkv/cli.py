@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("put", "delete"):
             cmd.add_argument("--if-match", metavar="ETAG",
                              help="compare-and-set: only if the current version is ETAG")
+        if name == "get":
+            condition = cmd.add_mutually_exclusive_group()
+            condition.add_argument("--if-match", metavar="ETAG",
+                                   help="only if the current version is ETAG (exit 1 if not)")
+            condition.add_argument("--if-none-match", metavar="ETAG",
+                                   help="only if it changed since version ETAG: while it is "
+                                        "still at it, print nothing and exit 1 (HTTP 304)")
         cmd.add_argument("--endpoint", default=_env("QUORUMKV_ENDPOINT", DEFAULT_ENDPOINT),
                          help=f"any replica's URL (default {DEFAULT_ENDPOINT}) "
                               "[QUORUMKV_ENDPOINT]")

@@ -54,6 +54,14 @@ class GetResult:
     etag: str
 
 
+@dataclasses.dataclass(frozen=True)
+class NotModified:
+    """`304` to a read with `If-None-Match`: the key is still at `etag`, a version the caller
+    named, so no value came back."""
+
+    etag: str
+
+
 MEMBERSHIP_PATH = "/internal/v1/membership"
 ROUTES_TTL = 10.0  # seconds a cluster view routes writes before it is asked for again
 DOWN_FOR = 5.0  # seconds a replica that failed a request is not routed to
@@ -150,10 +158,28 @@ class Client:
                 return PutResult(created=resp.status == 201, etag=_etag(resp))
             raise await _error(resp)
 
-    async def get(self, key: str) -> GetResult | None:
-        async with await self._send("GET", key) as resp:
+    async def get(self, key: str, *, if_match: str | None = None) -> GetResult | None:
+        """Read a key (linearizable); None when it is absent. With `if_match`, only while it
+        is at that version: `PreconditionFailed` otherwise (absent included)."""
+        headers = {"If-Match": if_match} if if_match is not None else {}
+        found = await self._get(key, headers)
+        if isinstance(found, NotModified):  # a 304 answers only If-None-Match
+            raise QuorumKVError(304, "not_modified", "a read that named no version was "
+                                "answered 304: is the endpoint a QuorumKV replica?")
+        return found
+
+    async def get_if_changed(self, key: str, etag: str) -> GetResult | NotModified | None:
+        """Read a key unless it is still at version `etag` (`If-None-Match`): a client that
+        holds a value refreshes it without fetching it again while it has not changed."""
+        return await self._get(key, {"If-None-Match": etag})
+
+    async def _get(self, key: str,
+                   headers: dict[str, str]) -> GetResult | NotModified | None:
+        async with await self._send("GET", key, headers=headers) as resp:
             if resp.status == 200:
                 return GetResult(value=await resp.read(), etag=_etag(resp))
+            if resp.status == 304:
+                return NotModified(etag=_etag(resp))
             error = await _error(resp)
             if _absent(error):
                 return None

@@ -1,6 +1,7 @@
 """`quorumkv put|get|delete`: the command-line client, a thin layer over `quorumkv.client`.
 
-Exit codes: 0 done, 1 not found or precondition failed, 3 no quorum (503), 4 other errors.
+Exit codes: 0 done, 1 not found, precondition failed or not modified, 3 no quorum (503),
+4 other errors.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ import sys
 
 import aiohttp
 
-from quorumkv.client import Client, PreconditionFailed, QuorumKVError, Unavailable
+from quorumkv.client import (
+    Client,
+    NotModified,
+    PreconditionFailed,
+    QuorumKVError,
+    Unavailable,
+)
 
 EXIT_OK, EXIT_MISSING, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 3, 4
 
@@ -36,8 +43,9 @@ async def run_client_command(args: argparse.Namespace) -> int:
 
 
 def entity_tag(version: str | None) -> str | None:
-    """`--if-match` as an HTTP entity tag. The version printed as `"5.0.1"` reaches us
-    without its quotes when pasted into a shell, and a bare tag never matches."""
+    """`--if-match` or `--if-none-match` as an HTTP entity tag. The version printed as
+    `"5.0.1"` reaches us without its quotes when pasted into a shell, and a bare tag never
+    matches."""
     if version is None or version == "*" or version.startswith(('"', 'W/"')):
         return version
     return f'"{version}"'
@@ -53,10 +61,19 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
               f"version {result.etag}", file=sys.stderr)
         return EXIT_OK
     if args.command == "get":
-        found = await client.get(args.key)
+        if_none_match = entity_tag(args.if_none_match)
+        if if_none_match is not None:
+            found = await client.get_if_changed(args.key, if_none_match)
+        else:
+            found = await client.get(args.key, if_match=if_match)
         if found is None:
             print(f"quorumkv get: {args.key}: not found", file=sys.stderr)
             return EXIT_MISSING
+        if isinstance(found, NotModified):
+            print(f"quorumkv get: {args.key}: not modified, still version {found.etag}",
+                  file=sys.stderr)
+            return EXIT_MISSING
+        print(f"{args.key} version {found.etag}", file=sys.stderr)
         sys.stdout.buffer.write(found.value)
         if sys.stdout.isatty():
             sys.stdout.write("\n")

@@ -17,7 +17,15 @@ from typing import cast
 
 import aiohttp
 import pytest
-from quorumkv.client import Client, PreconditionFailed, PutResult, QuorumKVError, Unavailable
+from quorumkv.client import (
+    Client,
+    GetResult,
+    NotModified,
+    PreconditionFailed,
+    PutResult,
+    QuorumKVError,
+    Unavailable,
+)
 from quorumkv.core.acceptor import Promise
 from quorumkv.core.ballot import Ballot
 from quorumkv.core.changes import Put
@@ -89,6 +97,23 @@ async def test_a_conditional_get_answers_304_while_the_client_holds_the_current_
             assert resp.status == 204
         assert (await get(b, **{"If-Match": "*"}))[0] == 412  # nothing to match
         assert (await get(b, **{"If-None-Match": second}))[0] == 404
+
+
+async def test_the_client_refreshes_a_value_it_holds_only_when_it_changed(
+        cluster: Replicas) -> None:
+    """`get_if_changed` (If-None-Match) and `get(if_match=...)` of the Python client."""
+    async with Client(cluster.urls["0"]) as writer, Client(cluster.urls["2"]) as reader:
+        first = await writer.put("held", b"v1")
+        assert await reader.get_if_changed("held", first.etag) == NotModified(first.etag)
+        assert await reader.get("held", if_match=first.etag) == GetResult(b"v1", first.etag)
+        second = await writer.put("held", b"v2")
+        assert await reader.get_if_changed("held", first.etag) == GetResult(b"v2", second.etag)
+        with pytest.raises(PreconditionFailed):
+            await reader.get("held", if_match=first.etag)
+        await writer.delete("held")
+        assert await reader.get_if_changed("held", second.etag) is None
+        with pytest.raises(PreconditionFailed):  # nothing to match
+            await reader.get("held", if_match=second.etag)
 
 
 async def test_creates_of_absent_keys_take_one_round_and_read_back_everywhere(

@@ -109,7 +109,18 @@ def test_quick_start_local_cluster_then_the_client_commands(local: LocalCluster,
     # the version as printed, pasted into a shell, which strips its quotes
     cas = cli("put", "greeting", "cas", "--if-match", etag.strip('"'), "--endpoint", third)
     assert cas.returncode == 0, cas.stderr
-    assert cli("get", "greeting", env={"QUORUMKV_ENDPOINT": second}).stdout == b"cas"
+    got = cli("get", "greeting", env={"QUORUMKV_ENDPOINT": second})
+    assert got.stdout == b"cas" and got.stderr.startswith(b"greeting version ")
+    current = got.stderr.split(b"version ")[1].strip().decode()
+    # a conditional read: nothing while it is still at the version, else the value
+    unchanged = cli("get", "greeting", "--if-none-match", current.strip('"'), "--endpoint", first)
+    assert (unchanged.returncode, unchanged.stdout) == (1, b"")
+    assert f"not modified, still version {current}".encode() in unchanged.stderr
+    changed = cli("get", "greeting", "--if-none-match", etag, "--endpoint", first)
+    assert (changed.returncode, changed.stdout) == (0, b"cas")
+    assert cli("get", "greeting", "--if-match", current, "--endpoint", third).stdout == b"cas"
+    moved = cli("get", "greeting", "--if-match", etag, "--endpoint", third)
+    assert moved.returncode == 1 and b"precondition failed" in moved.stderr
 
     for key in (".", ".."):  # keys like any other, though URLs resolve such segments away
         assert cli("put", key, f"dots {key}", "--endpoint", first).returncode == 0
@@ -243,6 +254,8 @@ BAD_FLAGS = [
         "--endpoint: 'http://127.0.0.1:7000?x=1' has a query or fragment"),
     Bad(["get", "k\udcff"], "the key 'k\\udcff' is not valid UTF-8"),
     Bad(["get", "k", "--timeout", "soon"], "invalid float value: 'soon'"),
+    Bad(["get", "k", "--if-match", "1", "--if-none-match", "1"],
+        "argument --if-none-match: not allowed with argument --if-match"),
     Bad(["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 
