@@ -17,6 +17,8 @@ change would buy before anybody writes it properly. Knobs (environment variables
                               ballot above its own acceptor's, and acceptors ignore promises
                               on accept. With QKV_WAIT_ALL=1: the message pattern of the fast
                               overwrites of docs/fast-overwrites.md, without their safety
+  QKV_INLINE_FSYNC=1          fdatasync the log on the event loop itself (blocking it for the
+                              disk), not in the fsync child: no pipe write, no wake-ups
   QKV_LOOP_PROBE=1            log every 5 s how late the event loop runs a timer due every
                               2 ms (mean, p50, p99, max): how long a ready callback waits
                               (uvloop's clock moves in 1 ms steps)
@@ -201,7 +203,19 @@ def _loop_probe_knob() -> None:
     Node.start = start  # type: ignore[method-assign]
 
 
+def _inline_fsync_knob() -> None:
+    if os.environ.get("QKV_INLINE_FSYNC") != "1":
+        return
+    from quorumkv.storage.log import LogStorage
+
+    async def sync(self: Any) -> None:
+        os.fdatasync(self._fd)
+
+    LogStorage.sync = sync  # type: ignore[method-assign]
+
+
 def main() -> int:
+    _inline_fsync_knob()
     _gc_knobs()
     _inflight_knob()
     _wait_all_knob()
