@@ -57,11 +57,26 @@ class Replicas:
     def data_dir(self, node: str) -> Path:
         return self.root / f"node-{node}"
 
+    def env_for(self, node: str) -> dict[str, str]:
+        """The environment `node` starts with (a test may run some replicas differently)."""
+        return self.env
+
     def start(self, node: str) -> None:
         log = open(self.root / f"node-{node}.log", "ab")  # noqa: SIM115 - owned by the process
         self.procs[node] = subprocess.Popen(self.command(node), stdout=log, stderr=log,
-                                            env=self.env)
+                                            env=self.env_for(node))
         log.close()
+
+    def stop(self, node: str) -> None:
+        """SIGTERM, as Kubernetes stops a pod: the replica finishes its last commit."""
+        proc = self.procs.pop(node)
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def add(self, node: str) -> None:
         """Start a new replica that is not in the peer list: it waits to be made a member."""
@@ -137,14 +152,7 @@ class Replicas:
 
     def stop_all(self) -> None:
         for node in list(self.procs):
-            proc = self.procs.pop(node)
-            proc.send_signal(signal.SIGCONT)
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            self.stop(node)
 
 
 @contextlib.contextmanager
