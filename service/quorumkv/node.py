@@ -305,14 +305,14 @@ class Node:
         members = []
         for node in sorted(config.voters):
             link = self.links.get(node)
+            standing = coordinator.standing(node) if coordinator is not None else None
             members.append({
                 "id": node,
                 "url": urls.get(node, ""),
                 "reachable": True if link is None else link.reachable,
                 "incarnation": self.membership.known_incarnation(node),
                 "synced": node == self.settings.node_id or node in synced,
-                "settled": (coordinator is not None and coordinator.settled()) if link is None
-                else link.reachable and link.settled,
+                "settled": standing is not None and standing[0],  # as the home is chosen
             })
         ready, reason = self.readiness
         return {

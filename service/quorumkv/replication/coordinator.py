@@ -274,7 +274,7 @@ class Coordinator:
         is, the first that answers: this replica, or a peer that answered recently."""
         first = None
         for node in home_order(self._membership.config.voters):
-            standing = self._standing(node)
+            standing = self.standing(node)
             if standing is None:
                 continue
             if standing[0]:
@@ -282,7 +282,7 @@ class Coordinator:
             first = first or node
         return first or self._node
 
-    def _standing(self, node: str) -> tuple[bool, bool] | None:
+    def standing(self, node: str) -> tuple[bool, bool] | None:
         """Whether voter `node` is settled and whether it is ready: this replica's own, or
         a peer's as of its last answer; None for a peer that has not answered recently."""
         if node == self._node:
@@ -322,7 +322,7 @@ class Coordinator:
         for node in home_order(self._membership.config.voters):
             if node == self._node:
                 return False
-            if self._standing(node) == (False, True):
+            if self.standing(node) == (False, True):
                 return True
         return False
 
