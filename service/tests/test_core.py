@@ -36,7 +36,7 @@ def test_ballot_next_is_greater_and_owned() -> None:
 
 def test_ballot_wire_round_trip_and_rejects_garbage() -> None:
     assert Ballot.from_wire(list(B2.to_wire())) == B2
-    for bad in (None, [1, 2], [1, "a", "x"], ["1", "a", 1], "x"):
+    for bad in (None, [1, 2], [1, "a", "x"], ["1", "a", 1], [True, "a", 1], "x"):
         with pytest.raises(ValueError):
             Ballot.from_wire(bad)
 

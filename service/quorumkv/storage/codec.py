@@ -19,12 +19,12 @@ def register_to_wire(register: Register) -> list[Any]:
 
 
 def register_from_wire(raw: Any) -> Register:
-    if not (isinstance(raw, list | tuple) and len(raw) == 2):
+    if not (type(raw) is list and len(raw) == 2):
         raise ValueError(f"not a register: {raw!r}")
     value, version = raw
-    if value is not None and not isinstance(value, bytes):
+    if value is not None and type(value) is not bytes:
         raise ValueError("register value must be bytes or null")
-    return Register(value, ballot_or_none(version))
+    return Register(value, None if version is None else Ballot.from_wire(version))
 
 
 def state_to_row(state: AcceptorState) -> tuple[list[Any], bytes | None]:
