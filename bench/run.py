@@ -25,6 +25,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -33,13 +34,14 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 import urllib.parse
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -446,14 +448,61 @@ class QuorumKV(Cluster):
                 {"Content-Type": "application/octet-stream"})
 
 
-def qkv_command(spec: str, default: str | None, workdir: Path
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: what the image runs (e2e/image, Dockerfile)
+_PROBE = ("import platform, aiohttp, msgpack, orjson, uvloop, prometheus_client; "
+          "print(platform.python_version())")
+
+
+class Interpreter(NamedTuple):
+    """What runs the replicas: `python` with `path` (site-packages, sources) prepended."""
+
+    python: str
+    path: list[str]
+    description: str
+
+
+def replica_interpreter(choice: str) -> Interpreter:
+    """The Python the replicas run on. "venv": the project's venv. "system": the system's
+    python3 (Debian's, the interpreter of the image the StatefulSet runs) with the venv's
+    packages, which needs the same minor version (their compiled modules). "auto" (the
+    default): "system" if that works, else "venv".
+
+    Why not always the venv's: its interpreter may be a local build without the
+    optimizations distributions use (pyenv builds without PGO and LTO, and links libpython
+    as a shared library): measured here 21% slower per Python loop step than Debian's, and
+    QuorumKV ~20% fewer puts/s on it (bench/README.md, seventeenth pass). etcd is a release
+    build; QuorumKV should run on the Python it ships with, not on a debug-speed one."""
+    venv_py = REPO / ".venv" / "bin" / "python"
+    own = str(venv_py) if venv_py.exists() else sys.executable
+    venv = Interpreter(own, [], f"{own} (Python {platform.python_version()}, the venv's)")
+    if choice == "venv":
+        return venv
+    python = SYSTEM_PYTHON if choice in ("auto", "system") else choice
+    site = sysconfig.get_path("purelib", vars={"base": str(REPO / ".venv"),
+                                                "platbase": str(REPO / ".venv")})
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    try:
+        probe = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True,
+                               env=dict(os.environ, PYTHONPATH=site))
+        version, failure = probe.stdout.strip(), probe.stderr.strip()[-300:]
+    except OSError as exc:
+        probe, version, failure = None, "", str(exc)
+    if probe is not None and probe.returncode == 0 and version.rsplit(".", 1)[0] == mine:
+        return Interpreter(python, [site], f"{python} (Python {version}) with the venv's "
+                           "packages")
+    if choice == "auto":
+        return venv
+    sys.exit(f"{python} cannot run the replicas with the venv's packages (Python {mine} "
+             f"needed): {failure or 'Python ' + version}")
+
+
+def qkv_command(spec: str, default: str | None, workdir: Path, interpreter: Interpreter
                 ) -> tuple[list[str], dict[str, str], str]:
     """-> (command, env, description) for: "" (the installed quorumkv), a path to a quorumkv
-    script (`.py`: run with the venv's Python), or `rev:REV[+WRAPPER.py]`: a git revision of
-    this repository's service/ exported to the work dir (optionally run through a wrapper such
-    as bench/experiments/qkv_tuned.py)."""
-    venv_py = REPO / ".venv" / "bin" / "python"
-    python = str(venv_py) if venv_py.exists() else sys.executable
+    script (`.py`: run with the replicas' Python), or `rev:REV[+WRAPPER.py]`: a git revision
+    of this repository's service/ exported to the work dir (optionally run through a wrapper
+    such as bench/experiments/qkv_tuned.py)."""
+    python = interpreter.python
     if spec.startswith("rev:"):
         rev, _, wrapper = spec[4:].partition("+")
         rev = rev or "HEAD"
@@ -469,13 +518,25 @@ def qkv_command(spec: str, default: str | None, workdir: Path
         if wrapper:
             wrapper = str(Path(wrapper).resolve())
         command = [python, wrapper] if wrapper else [python, "-m", "quorumkv"]
-        return (command, {"PYTHONPATH": str(dest / "service")},
+        return (command, {"PYTHONPATH": os.pathsep.join([str(dest / "service"),
+                                                          *interpreter.path])},
                 f"git {sha[:12]} ({rev})" + (f" via {wrapper}" if wrapper else ""))
     path = spec or default
     if not path:
         sys.exit("quorumkv not found: pip install -e . (or --quorumkv PATH / --qkv-rev REV)")
-    command = [python, path] if path.endswith(".py") else [path]
-    return command, {}, path + (" (working tree)" if path == default else "")
+    description = path + (" (working tree)" if path == default else "")
+    if path.endswith(".py"):
+        return [python, path], _path_env(interpreter, REPO / "service"), description
+    if interpreter.path and path == default:  # the venv's script, on another interpreter
+        return ([python, "-m", "quorumkv"], _path_env(interpreter, REPO / "service"),
+                description)
+    return [path], {}, description
+
+
+def _path_env(interpreter: Interpreter, source: Path) -> dict[str, str]:
+    if not interpreter.path:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join([str(source), *interpreter.path])}
 
 
 def port_free(port: int) -> bool:
@@ -864,7 +925,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
           f"- QuorumKV ({env.get('quorumkv_source') or '?'}): 3 `quorumkv {p['qkv_mode']}` "
           "replicas on 127.0.0.1; connections spread "
           f"over {'all replicas' if p['qkv_target'] == 'all' else 'the home, replica 0'} "
-          "(1-connection runs: the home, replica 0).",
+          "(1-connection runs: the home, replica 0); they run on "
+          f"{env.get('quorumkv_python') or 'the venv Python'}.",
           f"- Data directories on {env['data_fs']} ({env['data_dir']}), fsync real (etcd WAL "
           "fsync; QuorumKV log fdatasync per commit).",
           f"- {env['cpus']} CPUs; servers, wrk and anything else share them.", "",
@@ -922,6 +984,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--qkv-mode", choices=("serve", "local"), default="serve",
                     help="3 `quorumkv serve` processes (default) or one `quorumkv local`")
     ap.add_argument("--quorumkv", default=None, help="path of the quorumkv script")
+    ap.add_argument("--python", default="auto", metavar="auto|venv|system|PATH",
+                    help="the replicas' interpreter: the system's python3 (the image's) with "
+                         "the venv's packages when it can, else the venv's (default: auto)")
     ap.add_argument("--qkv-rev", default=None, metavar="REV",
                     help="benchmark this git revision of service/ (exported to the work dir) "
                          "instead of the installed working tree, e.g. HEAD")
@@ -1010,10 +1075,13 @@ def main() -> int:
             etcd.start()
             etcd.smoke()
         qkv_source = ""
+        interpreter = replica_interpreter(opts.python)
+        if "quorumkv" in opts.system_list or opts.variant:
+            log(f"quorumkv replicas run on {interpreter.description}")
         if "quorumkv" in opts.system_list:
             cmd, cenv, qkv_source = qkv_command(
                 f"rev:{opts.qkv_rev}" if opts.qkv_rev else (opts.quorumkv or ""), qkv_bin,
-                workdir)
+                workdir, interpreter)
             log(f"quorumkv: {qkv_source}")
             qkv = QuorumKV(workdir, cmd, opts.qkv_mode, env=cenv)
             clusters.append(qkv)
@@ -1022,7 +1090,7 @@ def main() -> int:
         for spec in opts.variant:
             name, _, rest = spec.partition("=")
             source, _, envspec = rest.partition("@")
-            cmd, venv, desc = qkv_command(source, qkv_bin, workdir)
+            cmd, venv, desc = qkv_command(source, qkv_bin, workdir, interpreter)
             venv.update(kv.split("=", 1) for kv in envspec.split(";") if "=" in kv)
             log(f"quorumkv:{name}: {desc}")
             var = QuorumKV(workdir, cmd, opts.qkv_mode, name=f"quorumkv:{name}", env=venv)
@@ -1093,6 +1161,7 @@ def main() -> int:
             "wrk_version": tool_version(["wrk", "-v"]).split(" [")[0].replace("wrk ", ""),
             "git_commit": git_commit, "git_dirty": git_dirty,
             "quorumkv_source": qkv_source, "variants": opts.variant,
+            "quorumkv_python": interpreter.description,
             "data_dir": str(workdir), "data_fs": fstype, "host_speed": speed,
         },
         "parameters": {
