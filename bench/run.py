@@ -518,24 +518,22 @@ def qkv_command(spec: str, default: str | None, workdir: Path, interpreter: Inte
         if wrapper:
             wrapper = str(Path(wrapper).resolve())
         command = [python, wrapper] if wrapper else [python, "-m", "quorumkv"]
-        return (command, {"PYTHONPATH": os.pathsep.join([str(dest / "service"),
-                                                          *interpreter.path])},
+        return (command, _pythonpath(dest / "service", interpreter),
                 f"git {sha[:12]} ({rev})" + (f" via {wrapper}" if wrapper else ""))
     path = spec or default
     if not path:
         sys.exit("quorumkv not found: pip install -e . (or --quorumkv PATH / --qkv-rev REV)")
     description = path + (" (working tree)" if path == default else "")
     if path.endswith(".py"):
-        return [python, path], _path_env(interpreter, REPO / "service"), description
+        return [python, path], _pythonpath(REPO / "service", interpreter), description
     if interpreter.path and path == default:  # the venv's script, on another interpreter
-        return ([python, "-m", "quorumkv"], _path_env(interpreter, REPO / "service"),
+        return ([python, "-m", "quorumkv"], _pythonpath(REPO / "service", interpreter),
                 description)
     return [path], {}, description
 
 
-def _path_env(interpreter: Interpreter, source: Path) -> dict[str, str]:
-    if not interpreter.path:
-        return {}
+def _pythonpath(source: Path, interpreter: Interpreter) -> dict[str, str]:
+    """The environment that has `interpreter` import quorumkv from `source`."""
     return {"PYTHONPATH": os.pathsep.join([str(source), *interpreter.path])}
 
 
@@ -1075,10 +1073,12 @@ def main() -> int:
             etcd.start()
             etcd.smoke()
         qkv_source = ""
-        interpreter = replica_interpreter(opts.python)
+        interpreter = None
         if "quorumkv" in opts.system_list or opts.variant:
+            interpreter = replica_interpreter(opts.python)
             log(f"quorumkv replicas run on {interpreter.description}")
         if "quorumkv" in opts.system_list:
+            assert interpreter is not None
             cmd, cenv, qkv_source = qkv_command(
                 f"rev:{opts.qkv_rev}" if opts.qkv_rev else (opts.quorumkv or ""), qkv_bin,
                 workdir, interpreter)
@@ -1090,6 +1090,7 @@ def main() -> int:
         for spec in opts.variant:
             name, _, rest = spec.partition("=")
             source, _, envspec = rest.partition("@")
+            assert interpreter is not None
             cmd, venv, desc = qkv_command(source, qkv_bin, workdir, interpreter)
             venv.update(kv.split("=", 1) for kv in envspec.split(";") if "=" in kv)
             log(f"quorumkv:{name}: {desc}")
@@ -1161,7 +1162,7 @@ def main() -> int:
             "wrk_version": tool_version(["wrk", "-v"]).split(" [")[0].replace("wrk ", ""),
             "git_commit": git_commit, "git_dirty": git_dirty,
             "quorumkv_source": qkv_source, "variants": opts.variant,
-            "quorumkv_python": interpreter.description,
+            "quorumkv_python": interpreter.description if interpreter else None,
             "data_dir": str(workdir), "data_fs": fstype, "host_speed": speed,
         },
         "parameters": {

@@ -24,7 +24,7 @@ def register_from_wire(raw: Any) -> Register:
     value, version = raw
     if value is not None and type(value) is not bytes:
         raise ValueError("register value must be bytes or null")
-    return Register(value, None if version is None else Ballot.from_wire(version))
+    return Register(value, ballot_or_none(version))
 
 
 def state_to_row(state: AcceptorState) -> tuple[list[Any], bytes | None]:
